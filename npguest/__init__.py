@@ -1,0 +1,68 @@
+"""npguest: guest (virtual machine) physical memory for Python, numpy-native.
+
+The model of rust-vmm's ``vm-memory`` crate (the guest-memory layer of Firecracker,
+crosvm and Cloud Hypervisor), built on numpy and numba: typed guest addresses, regions
+of ``mmap``-backed memory placed in a guest physical address space, ``Bytes``-style
+access that crosses region boundaries, volatile slices, numpy dtypes as ``ByteValued``
+objects, and vectorised batch reads and writes.
+
+Importing npguest compiles nothing and does not import numba; kernels load on first use.
+
+Examples
+--------
+>>> import numpy as np, npguest
+>>> mem = npguest.GuestMemoryMmap.from_ranges([(0x0, 0x10000), (0x10000, 0x10000)])
+>>> hdr = np.dtype([("magic", npguest.Be32), ("count", npguest.Le16)])
+>>> mem.write_obj((0xFEEDFACE, 3), 0xFFFE, hdr)     # straddles two regions
+>>> rec = mem.read_obj(0xFFFE, hdr)
+>>> hex(rec["magic"]), int(rec["count"])
+('0xfeedface', 3)
+"""
+
+from __future__ import annotations
+
+from . import errors
+from .access import Bytes
+from .address import U64_MAX, Address, GuestAddress, MemoryRegionAddress
+from .bitmap import Bitmap, BitmapSlice, NoBitmap
+from .dtypes import Be16, Be32, Be64, BeSize, Le16, Le32, Le64, LeSize, as_bytes, from_bytes
+from .errors import GuestMemoryError
+from .guest_memory import GuestMemoryMmap, GuestMemorySliceIterator
+from .mapping import FileOffset, MmapRegion
+from .region import GuestRegionMmap
+from .volatile import PtrGuard, VolatileArrayRef, VolatileRef, VolatileSlice
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "U64_MAX",
+    "Address",
+    "Be16",
+    "Be32",
+    "Be64",
+    "BeSize",
+    "Bitmap",
+    "BitmapSlice",
+    "Bytes",
+    "FileOffset",
+    "GuestAddress",
+    "GuestMemoryError",
+    "GuestMemoryMmap",
+    "GuestMemorySliceIterator",
+    "GuestRegionMmap",
+    "Le16",
+    "Le32",
+    "Le64",
+    "LeSize",
+    "MemoryRegionAddress",
+    "MmapRegion",
+    "NoBitmap",
+    "PtrGuard",
+    "VolatileArrayRef",
+    "VolatileRef",
+    "VolatileSlice",
+    "__version__",
+    "as_bytes",
+    "errors",
+    "from_bytes",
+]

@@ -1,0 +1,566 @@
+"""The ``Bytes`` mixin: every read/write/object/stream/atomic method, written once.
+
+Each memory object (a :class:`~npguest.VolatileSlice`, a region, a guest memory...)
+answers a few questions about an access and the mixin does the rest:
+
+``_pieces(addr, count)``
+    The contiguous host pieces ``(view, offset, length, bitmap, bitmap_offset)`` that
+    back ``[addr, addr + count)``, with vm-memory's semantics: ``count == 0`` gives no
+    pieces and validates nothing; an unbacked *start* raises the object's error; a hole
+    or end *later on* simply ends the list (the access is partial).
+``_stream_pieces`` / ``_exact_pieces``
+    The same for stream reads/writes and for the all-or-error stream variants, where a
+    level's bounds rules differ (default: ``_pieces``).
+``_object_piece(addr, size)``
+    The one piece holding a whole ``size``-byte object, or ``None`` (fast path only).
+``_atomic_piece(addr, size)``
+    The one piece of an aligned atomic access, or the object's error.
+``_short_stream(expected, completed)``
+    The error of an all-or-error stream read that met end-of-stream.
+
+Every method validates first (types, bounds, overflow, writability), then copies piece
+by piece (``memoryview`` slice assignment: a plain ``memcpy``/``memmove`` of the
+mapping), then marks the written bytes dirty in the piece's bitmap.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from numpy.typing import DTypeLike
+
+from .address import _u64
+from .bitmap import Bitmap
+from .dtypes import _CODECS, Codec, _value_dtype, codec
+from .errors import ByteValuedError, PartialBufferError, ReadOnlyMemoryError
+from .stream import read_into, write_all
+
+__all__ = ["Bytes", "Piece", "as_byte_view"]
+
+
+Piece = tuple[memoryview, int, int, Bitmap | None, int]
+"""One contiguous run of host memory backing part of an access (a plain tuple, for speed):
+``(view, offset, length, bitmap, bitmap_offset)`` -- the whole backing buffer (format
+``'B'``), the run's offset and length in it, the dirty bitmap of that memory (or
+``None``) and the bitmap offset of the run's first byte."""
+
+
+def as_byte_view(buf: Any, writable: bool = False) -> memoryview:
+    """Return a flat byte ``memoryview`` of any C-contiguous buffer.
+
+    Parameters
+    ----------
+    buf : buffer
+        ``bytes``, ``bytearray``, ``memoryview``, a numpy array, ``mmap``...
+    writable : bool, optional
+        Require a writable buffer (for reads into it).
+
+    Returns
+    -------
+    memoryview
+        A 1-D view of format ``'B'`` over the same memory.
+
+    Raises
+    ------
+    TypeError
+        ``buf`` is not a buffer, is not C-contiguous, or is read-only when it must not be.
+    """
+    if type(buf) is memoryview and buf.format == "B" and buf.ndim == 1:
+        view = buf
+    else:
+        try:
+            view = memoryview(buf)
+        except TypeError:
+            raise TypeError(
+                f"expected a bytes-like buffer (bytes, bytearray, memoryview, ndarray), "
+                f"got {type(buf).__name__}"
+            ) from None
+        if not view.c_contiguous:
+            raise TypeError("the buffer must be C-contiguous")
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+    if writable and view.readonly:
+        raise TypeError("the buffer to read into must be writable (e.g. a bytearray)")
+    return view
+
+
+class Bytes:
+    """Byte access to a memory object (vm-memory's ``Bytes`` trait).
+
+    Addresses are ``int``-like (``GuestAddress``, ``MemoryRegionAddress`` or ``int``).
+    Buffers are any bytes-like object.  Objects are numpy dtypes (see
+    :mod:`npguest.dtypes`); plain integer and float dtypes come back as Python numbers.
+    """
+
+    __slots__ = ()
+
+    # -- hooks, implemented by each memory object ---------------------------------------
+    def _pieces(self, addr: int, count: int) -> list[Piece]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _stream_pieces(self, addr: int, count: int) -> list[Piece]:
+        return self._pieces(addr, count)
+
+    def _exact_pieces(self, addr: int, count: int) -> list[Piece]:
+        return self._pieces(addr, count)
+
+    def _object_piece(self, addr: Any, size: int) -> Piece | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _atomic_piece(self, addr: int, size: int) -> Piece:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _short_stream(self, expected: int, completed: int) -> Exception:
+        return PartialBufferError(expected, completed)
+
+    # -- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _writable(pieces: list[Piece], addr: int) -> list[Piece]:
+        done = 0
+        for view, _, n, _, _ in pieces:
+            if view.readonly:
+                raise ReadOnlyMemoryError(addr + done)
+            done += n
+        return pieces
+
+    # -- plain bytes ---------------------------------------------------------------------
+    def write(self, buf: Any, addr: Any) -> int:
+        """Write as much of ``buf`` at ``addr`` as fits.
+
+        Parameters
+        ----------
+        buf : buffer
+            The bytes to write.
+        addr : int or address
+            Where to write them.
+
+        Returns
+        -------
+        int
+            Bytes written; less than ``len(buf)`` when a hole or the end cuts it short.
+            An empty ``buf`` writes nothing and checks nothing (returns 0).
+
+        Raises
+        ------
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed (the error depends on the object).
+        ReadOnlyMemoryError
+            The memory is mapped read-only.
+        """
+        src = as_byte_view(buf)
+        count = len(src)
+        if not count:
+            return 0
+        addr = _u64(addr, "address")
+        done = 0
+        for view, off, n, bitmap, boff in self._writable(self._pieces(addr, count), addr):
+            view[off : off + n] = src[done : done + n]
+            if bitmap is not None:
+                bitmap.mark_dirty(boff, n)
+            done += n
+        return done
+
+    def read(self, buf: Any, addr: Any) -> int:
+        """Read as many bytes at ``addr`` into ``buf`` as are backed.
+
+        Parameters
+        ----------
+        buf : writable buffer
+            Where to put the bytes.
+        addr : int or address
+            Where to read them.
+
+        Returns
+        -------
+        int
+            Bytes read (the rest of ``buf`` is left as it was).
+
+        Raises
+        ------
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed.
+        """
+        dst = as_byte_view(buf, writable=True)
+        count = len(dst)
+        if not count:
+            return 0
+        done = 0
+        for view, off, n, _, _ in self._pieces(_u64(addr, "address"), count):
+            dst[done : done + n] = view[off : off + n]
+            done += n
+        return done
+
+    def write_slice(self, buf: Any, addr: Any) -> None:
+        """Write all of ``buf`` at ``addr``, or raise.
+
+        Parameters
+        ----------
+        buf : buffer
+            The bytes to write.
+        addr : int or address
+            Where to write them.
+
+        Raises
+        ------
+        PartialBufferError
+            A hole or the end stopped the write; the bytes before it *were* written.
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed.
+        ReadOnlyMemoryError
+            The memory is mapped read-only.
+        """
+        src = as_byte_view(buf)
+        done = self.write(src, addr)
+        if done != len(src):
+            raise PartialBufferError(len(src), done)
+
+    def read_slice(self, buf: Any, addr: Any) -> None:
+        """Fill all of ``buf`` from ``addr``, or raise.
+
+        Parameters
+        ----------
+        buf : writable buffer
+            Where to put the bytes.
+        addr : int or address
+            Where to read them.
+
+        Raises
+        ------
+        PartialBufferError
+            A hole or the end stopped the read; ``buf`` holds the bytes before it.
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed.
+        """
+        dst = as_byte_view(buf, writable=True)
+        done = self.read(dst, addr)
+        if done != len(dst):
+            raise PartialBufferError(len(dst), done)
+
+    def read_bytes(self, addr: Any, count: int) -> bytes:
+        """Return ``count`` bytes at ``addr`` (a convenience over :meth:`read_slice`).
+
+        Parameters
+        ----------
+        addr : int or address
+            Where to read.
+        count : int
+            How many bytes.
+
+        Returns
+        -------
+        bytes
+            The bytes.
+
+        Raises
+        ------
+        PartialBufferError, InvalidGuestAddressError, InvalidBackendAddressError
+            As :meth:`read_slice`.
+        """
+        buf = bytearray(count)
+        self.read_slice(buf, addr)
+        return bytes(buf)
+
+    # -- objects -------------------------------------------------------------------------
+    def write_obj(self, value: Any, addr: Any, dtype: DTypeLike | None = None) -> None:
+        """Write one object of ``dtype`` at ``addr`` (vm-memory's ``write_obj``).
+
+        An aligned integer of 1, 2, 4 or 8 bytes in host byte order is written with a
+        single store when it lies inside one piece.
+
+        Parameters
+        ----------
+        value : object
+            A numpy scalar (its dtype is used), or a Python value with ``dtype``.
+        addr : int or address
+            Where to write it.
+        dtype : dtype_like, optional
+            The object's layout, e.g. ``npguest.Le64`` or a structured dtype.
+
+        Raises
+        ------
+        ByteValuedError
+            No usable dtype, or the value does not fit it.
+        PartialBufferError
+            The object straddles a hole or the end (the leading bytes were written).
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed.
+        ReadOnlyMemoryError
+            The memory is mapped read-only.
+        """
+        c = _value_dtype(value, dtype)
+        st = c.struct
+        if st is not None:
+            piece = self._object_piece(addr, c.size)
+            if piece is not None and not piece[0].readonly:
+                view, off, n, bitmap, boff = piece
+                try:
+                    st.pack_into(view, off, value)
+                except (struct.error, TypeError):
+                    pass  # let Codec.pack raise the clear error below
+                else:
+                    if bitmap is not None:
+                        bitmap.mark_dirty(boff, n)
+                    return
+        self.write_slice(c.pack(value), addr)
+
+    def read_obj(self, addr: Any, dtype: DTypeLike) -> Any:
+        """Read one object of ``dtype`` at ``addr`` (vm-memory's ``read_obj``).
+
+        Parameters
+        ----------
+        addr : int or address
+            Where to read it.
+        dtype : dtype_like
+            Its layout.
+
+        Returns
+        -------
+        object
+            A Python ``int``/``float`` for plain numbers, a ``numpy.void`` record for
+            structured dtypes, a numpy scalar otherwise.
+
+        Raises
+        ------
+        ByteValuedError
+            ``dtype`` is not ByteValued.
+        PartialBufferError
+            The object straddles a hole or the end.
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed.
+        """
+        try:
+            c = _CODECS[dtype]
+        except (KeyError, TypeError):
+            c = codec(dtype)
+        piece = self._object_piece(addr, c.size)
+        if piece is not None:
+            if c.struct is not None:
+                return c.struct.unpack_from(piece[0], piece[1])[0]
+            return c.unpack(piece[0][piece[1] : piece[1] + c.size])
+        buf = bytearray(c.size)
+        self.read_slice(buf, addr)
+        return c.unpack(buf)
+
+    # -- streams -------------------------------------------------------------------------
+    def read_volatile_from(self, addr: Any, src: Any, count: int) -> int:
+        """Read up to ``count`` bytes from a stream straight into memory at ``addr``.
+
+        One read per contiguous piece.  Unlike vm-memory, a short read ends the
+        operation (vm-memory goes on into the next piece, leaving a gap of stale bytes
+        in guest memory that its count does not reveal).
+
+        Parameters
+        ----------
+        addr : int or address
+            Where the bytes go.
+        src : binary file, socket or int fd
+            The source.
+        count : int
+            The most bytes to read.
+
+        Returns
+        -------
+        int
+            Bytes read (0 at end of stream or for ``count == 0``).
+
+        Raises
+        ------
+        StreamError
+            The source failed (the ``OSError`` is ``__cause__``).
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed.
+        ReadOnlyMemoryError
+            The memory is mapped read-only.
+        """
+        count = _u64(count, "count")
+        addr = _u64(addr, "address")
+        done = 0
+        for view, off, n, bitmap, boff in self._writable(self._stream_pieces(addr, count), addr):
+            got = read_into(src, view[off : off + n], done)
+            if bitmap is not None and got:
+                bitmap.mark_dirty(boff, got)
+            done += got
+            if got < n:
+                break
+        return done
+
+    def read_exact_volatile_from(self, addr: Any, src: Any, count: int) -> None:
+        """Read exactly ``count`` bytes from a stream into memory at ``addr``.
+
+        Short reads are retried until each piece is full (vm-memory retries only on a
+        volatile slice, and reports a short read on guest memory as a partial buffer).
+
+        Parameters
+        ----------
+        addr : int or address
+            Where the bytes go.
+        src : binary file, socket or int fd
+            The source.
+        count : int
+            Bytes to read.
+
+        Raises
+        ------
+        PartialBufferError
+            A hole or the end of guest memory cut the range short, or (on guest memory
+            and regions reached through it) the stream ended early.
+        StreamError
+            The source failed, or ended early on a volatile slice or region.
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            The range is not backed (see each object's rules).
+        ReadOnlyMemoryError
+            The memory is mapped read-only.
+        """
+        count = _u64(count, "count")
+        addr = _u64(addr, "address")
+        done = 0
+        for view, off, n, bitmap, boff in self._writable(self._exact_pieces(addr, count), addr):
+            filled = 0
+            while filled < n:
+                got = read_into(src, view[off + filled : off + n], done + filled)
+                if bitmap is not None and got:
+                    bitmap.mark_dirty(boff + filled, got)
+                if not got:
+                    raise self._short_stream(count, done + filled)
+                filled += got
+            done += n
+        if done != count:
+            raise PartialBufferError(count, done)
+
+    def write_volatile_to(self, addr: Any, dst: Any, count: int) -> int:
+        """Write up to ``count`` bytes at ``addr`` straight from memory to a stream.
+
+        Each contiguous piece is written fully; a hole ends the operation.
+
+        Parameters
+        ----------
+        addr : int or address
+            Where the bytes come from.
+        dst : binary file, socket or int fd
+            The sink.
+        count : int
+            The most bytes to write.
+
+        Returns
+        -------
+        int
+            Bytes written.
+
+        Raises
+        ------
+        StreamError
+            The sink failed or accepted nothing (the ``OSError`` is ``__cause__``).
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            ``addr`` itself is not backed.
+        """
+        count = _u64(count, "count")
+        done = 0
+        for view, off, n, _, _ in self._stream_pieces(_u64(addr, "address"), count):
+            done += write_all(dst, view[off : off + n], done)
+        return done
+
+    def write_all_volatile_to(self, addr: Any, dst: Any, count: int) -> None:
+        """Write exactly ``count`` bytes at ``addr`` to a stream, or raise.
+
+        Parameters
+        ----------
+        addr : int or address
+            Where the bytes come from.
+        dst : binary file, socket or int fd
+            The sink.
+        count : int
+            Bytes to write.
+
+        Raises
+        ------
+        PartialBufferError
+            A hole or the end cut the range short (the bytes before it were written).
+        StreamError
+            The sink failed.
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
+            The range is not backed.
+        """
+        count = _u64(count, "count")
+        done = 0
+        for view, off, n, _, _ in self._exact_pieces(_u64(addr, "address"), count):
+            done += write_all(dst, view[off : off + n], done)
+        if done != count:
+            raise PartialBufferError(count, done)
+
+    # -- atomics -------------------------------------------------------------------------
+    @staticmethod
+    def _atomic_codec(dtype: DTypeLike) -> Codec:
+        c = codec(dtype)
+        if not c.atomic:
+            raise ByteValuedError(
+                c.dtype,
+                "load/store need a host-byte-order integer of 1, 2, 4 or 8 bytes "
+                "(vm-memory's AtomicAccess types)",
+            )
+        return c
+
+    def store(self, value: Any, addr: Any, dtype: DTypeLike | None = None) -> None:
+        """Store an integer at ``addr`` with one aligned access (vm-memory's ``store``).
+
+        The access is a single naturally aligned store of the integer's width, so other
+        threads and the guest never see it torn.  Ordering is the host's for plain
+        aligned stores (x86: release).
+
+        Parameters
+        ----------
+        value : int
+            The value.
+        addr : int or address
+            Where; must be naturally aligned and inside one contiguous piece.
+        dtype : dtype_like, optional
+            An integer dtype of 1, 2, 4 or 8 bytes in host order; defaults to
+            ``value.dtype``.
+
+        Raises
+        ------
+        ByteValuedError
+            The dtype is not an atomic integer type, or the value does not fit.
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError, MisalignedError
+            The address is unbacked, misaligned, or the value would straddle a piece.
+        ReadOnlyMemoryError
+            The memory is mapped read-only.
+        """
+        c = self._atomic_codec(dtype if dtype is not None else _value_dtype(value, None).dtype)
+        addr = _u64(addr, "address")
+        view, off, n, bitmap, boff = self._atomic_piece(addr, c.size)
+        if view.readonly:
+            raise ReadOnlyMemoryError(addr)
+        try:
+            c.struct.pack_into(view, off, value)  # type: ignore[union-attr]
+        except (struct.error, TypeError):
+            c.pack(value)  # raises the clear ByteValuedError
+            raise
+        if bitmap is not None:
+            bitmap.mark_dirty(boff, n)
+
+    def load(self, addr: Any, dtype: DTypeLike) -> int:
+        """Load an integer at ``addr`` with one aligned access (vm-memory's ``load``).
+
+        Parameters
+        ----------
+        addr : int or address
+            Where; must be naturally aligned and inside one contiguous piece.
+        dtype : dtype_like
+            An integer dtype of 1, 2, 4 or 8 bytes in host order.
+
+        Returns
+        -------
+        int
+            The value.
+
+        Raises
+        ------
+        ByteValuedError
+            The dtype is not an atomic integer type.
+        InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError, MisalignedError
+            The address is unbacked, misaligned, or the value would straddle a piece.
+        """
+        c = self._atomic_codec(dtype)
+        view, off, _, _, _ = self._atomic_piece(_u64(addr, "address"), c.size)
+        return c.struct.unpack_from(view, off)[0]  # type: ignore[union-attr]
