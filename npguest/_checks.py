@@ -5,6 +5,7 @@ A kernel only ever sees arrays whose every index and span was proven here first.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,7 +16,20 @@ from .errors import InvalidGuestAddressError, MmapRegionError, ReadOnlyMemoryErr
 if TYPE_CHECKING:
     from .region import RegionTable
 
-__all__ = ["batch_addresses", "first_unbacked", "located", "open_regions", "writable_targets"]
+__all__ = [
+    "CHUNK",
+    "batch_addresses",
+    "first_unbacked",
+    "located",
+    "open_regions",
+    "region_indices",
+    "writable_targets",
+]
+
+_NO_REGIONS = np.empty(0, dtype=np.int64)
+
+CHUNK = 1 << 16
+"""Addresses translated per kernel call in batch operations."""
 
 
 def batch_addresses(addrs: object) -> np.ndarray:
@@ -85,8 +99,13 @@ def open_regions(table: RegionTable) -> None:
             raise MmapRegionError(f"the region at {r._start:#x} is closed")
 
 
-def located(table: RegionTable, addrs: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Find region index and offset of every ``[addr, addr + size)``, proving each is backed.
+def located(
+    table: RegionTable, addrs: np.ndarray, size: int
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Translate ``[addr, addr + size)`` to host addresses chunk by chunk, proving each backed.
+
+    Chunks of :data:`CHUNK` addresses keep the host-address scratch buffer in cache
+    (one 8 MiB array for a million addresses costs more than the gather itself).
 
     Parameters
     ----------
@@ -97,43 +116,70 @@ def located(table: RegionTable, addrs: np.ndarray, size: int) -> tuple[np.ndarra
     size : int
         Object size (>= 1).
 
-    Returns
-    -------
-    tuple of (numpy.ndarray, numpy.ndarray, int)
-        ``int64`` region indices, ``int64`` offsets, and the number of objects that
-        straddle adjacent regions.
+    Yields
+    ------
+    tuple of (int, int, numpy.ndarray, numpy.ndarray)
+        ``(start, stop, host, region)`` for ``addrs[start:stop]``: ``int64`` host
+        addresses (a reused buffer: consume it before the next chunk), and the ``int64``
+        region index of each object when some object of the chunk straddles adjacent
+        regions (else an empty array).
 
     Raises
     ------
     InvalidGuestAddressError
         Some object is not wholly backed: names the first unbacked byte of the first such
-        object, with a note giving the element index.
+        object, with a note giving the element index.  Raised before the chunk holding it
+        is yielded.
     MmapRegionError
         A region is closed.
     """
     from . import _kernels
 
     open_regions(table)
-    region = np.empty(addrs.shape[0], dtype=np.int64)
-    offset = np.empty(addrs.shape[0], dtype=np.int64)
-    bad, straddlers = _kernels.locate(table.starts, table.ends, addrs, size, region, offset)
-    if bad >= 0:
-        a = int(addrs[bad])
-        exc = InvalidGuestAddressError(first_unbacked(table, a, size))
-        exc.add_note(f"element {bad}: the {size}-byte object at {a:#x} is not wholly backed")
-        raise exc
-    return region, offset, straddlers
+    count = addrs.shape[0]
+    scratch = np.empty(min(CHUNK, count), dtype=np.int64)
+    for start in range(0, count, CHUNK):
+        chunk = addrs[start : start + CHUNK]
+        host = scratch[: chunk.shape[0]]
+        bad, straddlers = _kernels.locate(table.starts, table.ends, table.hosts, chunk, size, host)
+        if bad >= 0:
+            a = int(chunk[bad])
+            exc = InvalidGuestAddressError(first_unbacked(table, a, size))
+            exc.add_note(
+                f"element {start + bad}: the {size}-byte object at {a:#x} is not wholly backed"
+            )
+            raise exc
+        region = region_indices(table, chunk) if straddlers else _NO_REGIONS
+        yield start, start + chunk.shape[0], host, region
 
 
-def writable_targets(table: RegionTable, addrs: np.ndarray, region: np.ndarray, size: int) -> None:
+def region_indices(table: RegionTable, addrs: np.ndarray) -> np.ndarray:
+    """Return the index of the region holding each (backed) address.
+
+    Parameters
+    ----------
+    table : RegionTable
+        The regions.
+    addrs : numpy.ndarray
+        ``uint64`` guest addresses known to be backed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64`` indices.
+    """
+    return np.searchsorted(table.starts, addrs, side="right").astype(np.int64) - 1
+
+
+def writable_targets(table: RegionTable, addrs: np.ndarray, size: int) -> None:
     """Check that every object located in ``table`` lies in writable regions.
 
     Parameters
     ----------
     table : RegionTable
         The regions.
-    addrs, region : numpy.ndarray
-        Addresses and their region indices from :func:`located`.
+    addrs : numpy.ndarray
+        ``uint64`` guest addresses of objects proven backed by :func:`located`.
     size : int
         Object size.
 
@@ -146,8 +192,9 @@ def writable_targets(table: RegionTable, addrs: np.ndarray, region: np.ndarray, 
     if not readonly.any():
         return
     # an object may spill into following regions: count read-only ones in [first, last]
-    last = np.searchsorted(table.starts, addrs + np.uint64(size - 1), side="right") - 1
+    first = region_indices(table, addrs)
+    last = region_indices(table, addrs + np.uint64(size - 1))
     before = np.concatenate(([0], np.cumsum(readonly)))
-    bad = np.flatnonzero(before[last + 1] - before[region] > 0)
+    bad = np.flatnonzero(before[last + 1] - before[first] > 0)
     if bad.size:
         raise ReadOnlyMemoryError(int(addrs[bad[0]]))

@@ -11,8 +11,13 @@ answers a few questions about an access and the mixin does the rest:
 ``_stream_pieces`` / ``_exact_pieces``
     The same for stream reads/writes and for the all-or-error stream variants, where a
     level's bounds rules differ (default: ``_pieces``).
-``_object_piece(addr, size)``
-    The one piece holding a whole ``size``-byte object, or ``None`` (fast path only).
+``_windows``, ``_wstarts`` and ``_window``
+    The scalar fast path, as data rather than a hook: the object's address space as a
+    tuple of contiguous windows ``(start, end, view, view_base, bitmap, bitmap_base)``
+    (address ``a`` in ``[start, end)`` is ``view[view_base + a - start]``), their sorted
+    starts, and the last window hit.  Object reads and writes check the last window,
+    then ``bisect`` the starts; anything not wholly inside one window takes the general
+    path.
 ``_atomic_piece(addr, size)``
     The one piece of an aligned atomic access, or the object's error.
 ``_short_stream(expected, completed)``
@@ -26,8 +31,10 @@ mapping), then marks the written bytes dirty in the piece's bitmap.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from typing import Any
 
+import numpy as np
 from numpy.typing import DTypeLike
 
 from .address import _u64
@@ -36,7 +43,7 @@ from .dtypes import _CODECS, Codec, _value_dtype, codec
 from .errors import ByteValuedError, PartialBufferError, ReadOnlyMemoryError
 from .stream import read_into, write_all
 
-__all__ = ["Bytes", "Piece", "as_byte_view"]
+__all__ = ["NO_WINDOW", "Bytes", "Piece", "Window", "as_byte_view"]
 
 
 Piece = tuple[memoryview, int, int, Bitmap | None, int]
@@ -44,6 +51,14 @@ Piece = tuple[memoryview, int, int, Bitmap | None, int]
 ``(view, offset, length, bitmap, bitmap_offset)`` -- the whole backing buffer (format
 ``'B'``), the run's offset and length in it, the dirty bitmap of that memory (or
 ``None``) and the bitmap offset of the run's first byte."""
+
+Window = tuple[int, int, memoryview, int, Bitmap | None, int]
+"""A contiguous window of an address space: ``(start, end, view, view_base, bitmap,
+bitmap_base)``; address ``a`` in ``[start, end)`` is byte ``view[view_base + a - start]``
+and bitmap offset ``bitmap_base + a - start``."""
+
+NO_WINDOW: Window = (1, 0, memoryview(b""), 0, None, 0)
+"""A window that no access falls into."""
 
 
 def as_byte_view(buf: Any, writable: bool = False) -> memoryview:
@@ -85,6 +100,26 @@ def as_byte_view(buf: Any, writable: bool = False) -> memoryview:
     return view
 
 
+_last_codec: tuple[Any, Codec] = (object(), Codec(np.dtype(np.uint8)))  # never matches
+
+
+def _codec_for(value: Any, dtype: DTypeLike | None) -> Codec:
+    """Codec of ``dtype`` (or of ``value``), remembered for the next call by identity.
+
+    Hashing a numpy dtype costs more than the rest of a scalar read, so the scalar
+    paths first compare the dtype *object* with the last one used.
+    """
+    global _last_codec
+    if dtype is None:
+        return _value_dtype(value, None)
+    try:
+        c = _CODECS[dtype]
+    except (KeyError, TypeError):
+        c = codec(dtype)
+    _last_codec = (dtype, c)
+    return c
+
+
 class Bytes:
     """Byte access to a memory object (vm-memory's ``Bytes`` trait).
 
@@ -105,8 +140,9 @@ class Bytes:
     def _exact_pieces(self, addr: int, count: int) -> list[Piece]:
         return self._pieces(addr, count)
 
-    def _object_piece(self, addr: Any, size: int) -> Piece | None:  # pragma: no cover
-        raise NotImplementedError
+    _window: Window
+    _windows: tuple[Window, ...]
+    _wstarts: tuple[int, ...]
 
     def _atomic_piece(self, addr: int, size: int) -> Piece:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -288,21 +324,29 @@ class Bytes:
         ReadOnlyMemoryError
             The memory is mapped read-only.
         """
-        c = _value_dtype(value, dtype)
-        st = c.struct
+        last = _last_codec
+        c = last[1] if dtype is last[0] else _codec_for(value, dtype)
+        st, size = c.struct, c.size
         if st is not None:
-            piece = self._object_piece(addr, c.size)
-            if piece is not None and not piece[0].readonly:
-                view, off, n, bitmap, boff = piece
-                try:
-                    st.pack_into(view, off, value)
-                except (struct.error, TypeError):
-                    pass  # let Codec.pack raise the clear error below
-                else:
-                    if bitmap is not None:
-                        bitmap.mark_dirty(boff, n)
-                    return
-        self.write_slice(c.pack(value), addr)
+            start, end, view, base, bitmap, bbase = self._window
+            if type(addr) is not int:
+                addr = _u64(addr, "address")
+            if not start <= addr <= end - size:
+                i = bisect_right(self._wstarts, addr) - 1
+                window = self._windows[i] if i >= 0 else NO_WINDOW
+                if addr + size > window[1]:
+                    return self.write_slice(c.pack(value), addr)
+                self._window = window
+                start, end, view, base, bitmap, bbase = window
+            try:
+                st.pack_into(view, base + addr - start, value)
+            except (struct.error, TypeError):
+                pass  # a bad value or read-only memory: the general path says which
+            else:
+                if bitmap is not None:
+                    bitmap.mark_dirty(bbase + addr - start, size)
+                return None
+        return self.write_slice(c.pack(value), addr)
 
     def read_obj(self, addr: Any, dtype: DTypeLike) -> Any:
         """Read one object of ``dtype`` at ``addr`` (vm-memory's ``read_obj``).
@@ -329,18 +373,25 @@ class Bytes:
         InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
             ``addr`` itself is not backed.
         """
-        try:
-            c = _CODECS[dtype]
-        except (KeyError, TypeError):
-            c = codec(dtype)
-        piece = self._object_piece(addr, c.size)
-        if piece is not None:
-            if c.struct is not None:
-                return c.struct.unpack_from(piece[0], piece[1])[0]
-            return c.unpack(piece[0][piece[1] : piece[1] + c.size])
-        buf = bytearray(c.size)
-        self.read_slice(buf, addr)
-        return c.unpack(buf)
+        last = _last_codec
+        c = last[1] if dtype is last[0] else _codec_for(None, dtype)
+        size = c.size
+        start, end, view, base, _, _ = self._window
+        if type(addr) is not int:
+            addr = _u64(addr, "address")
+        if not start <= addr <= end - size:
+            i = bisect_right(self._wstarts, addr) - 1
+            window = self._windows[i] if i >= 0 else NO_WINDOW
+            if addr + size > window[1]:
+                buf = bytearray(size)
+                self.read_slice(buf, addr)
+                return c.unpack(buf)
+            self._window = window
+            start, end, view, base, _, _ = window
+        off = base + addr - start
+        if c.struct is not None:
+            return c.struct.unpack_from(view, off)[0]
+        return c.unpack(view[off : off + size])
 
     # -- streams -------------------------------------------------------------------------
     def read_volatile_from(self, addr: Any, src: Any, count: int) -> int:

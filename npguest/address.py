@@ -460,8 +460,8 @@ def address_array(values: object) -> np.ndarray:
 
     Examples
     --------
-    >>> address_array([GuestAddress(1), 2, 2**64 - 1])
-    array([                   1,                    2, 18446744073709551615], dtype=uint64)
+    >>> address_array([GuestAddress(1), 2, 2**64 - 1]).tolist()
+    [1, 2, 18446744073709551615]
     """
     if isinstance(values, np.ndarray):
         arr = values

@@ -90,15 +90,15 @@ def byte_valued(dtype: DTypeLike) -> np.dtype:
     6
     """
     if dtype is None:
-        raise ByteValuedError(dtype, "None is not a dtype (numpy would read it as float64)")
+        raise ByteValuedError(dtype, "not a dtype (numpy would read None as float64)")
     try:
         dt = np.dtype(dtype)
     except (TypeError, ValueError) as exc:
         raise ByteValuedError(dtype, f"not a numpy dtype ({exc})") from None
     if dt.hasobject:
-        raise ByteValuedError(dt, "it holds Python objects, which have no byte representation")
+        raise ByteValuedError(dt, "not ByteValued: it holds Python objects, which have no bytes")
     if dt.kind in "SU" and dt.itemsize == 0:
-        raise ByteValuedError(dt, "a flexible dtype needs a size")
+        raise ByteValuedError(dt, "not ByteValued: a flexible dtype needs a size")
     return dt
 
 
@@ -256,7 +256,7 @@ def as_bytes(value: Any, dtype: DTypeLike | None = None) -> bytes:
     Examples
     --------
     >>> as_bytes(0x01020304, Be32), as_bytes(0x01020304, Le32)
-    (b'\\x01\\x02\\x03\\x04', b'\\x04\\x03\\x02\\x01')
+    (b'\x01\x02\x03\x04', b'\x04\x03\x02\x01')
     """
     return _value_dtype(value, dtype).pack(value)
 
@@ -285,7 +285,7 @@ def from_bytes(data: Any, dtype: DTypeLike) -> Any:
 
     Examples
     --------
-    >>> from_bytes(b'\\x00\\x01', Be16)
+    >>> from_bytes(b'\x00\x01', Be16)
     1
     """
     c = codec(dtype)

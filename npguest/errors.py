@@ -430,7 +430,7 @@ class ByteValuedError(GuestMemoryError, TypeError):
         self.reason = reason
 
     def _message(self) -> str:
-        return f"{self.what!r} is not a valid ByteValued type: {self.reason}"
+        return f"{self.what!r}: {self.reason}"
 
 
 class IommuError(GuestMemoryError):

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _checks
-from .access import Bytes, Piece
+from .access import NO_WINDOW, Bytes, Piece
 from .address import U64_MAX, GuestAddress, MemoryRegionAddress, _u64
 from .bitmap import BitmapFactory, mark_many
 from .dtypes import codec
@@ -61,12 +61,17 @@ class GuestMemoryMmap(Bytes):
     2
     """
 
-    __slots__ = ("__weakref__", "_hit", "_table")
+    __slots__ = ("__weakref__", "_table", "_window", "_windows", "_wstarts")
 
     def __init__(self, regions: Sequence[GuestRegionMmap] | RegionTable = ()) -> None:
         table = regions if isinstance(regions, RegionTable) else RegionTable(regions)
+        self._set_table(table)
+
+    def _set_table(self, table: RegionTable) -> None:
         self._table = table
-        self._hit = table.regions[0] if table.regions else None
+        self._window = NO_WINDOW
+        self._wstarts = table._starts_t
+        self._windows = tuple(r._guest_window for r in table.regions)
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -621,11 +626,13 @@ class GuestMemoryMmap(Bytes):
         if not arr.size or not c.size:
             return out
         flat = arr.reshape(-1)
-        region, offset, _ = _checks.located(self._table, flat, c.size)
+        t = self._table
+        out_bytes = out.reshape(-1).view(np.uint8)
         from . import _kernels
 
-        t = self._table
-        _kernels.gather(t.hosts, t.lens, region, offset, c.size, out.reshape(-1).view(np.uint8))
+        for start, stop, host, region in _checks.located(t, flat, c.size):
+            dst = out_bytes[start * c.size : stop * c.size]
+            _kernels.gather(host, region, t.hosts, t.lens, c.size, dst)
         return out
 
     def write_objs(self, values: Any, addrs: Any, dtype: DTypeLike | None = None) -> None:
@@ -668,20 +675,26 @@ class GuestMemoryMmap(Bytes):
             return
         flat = arr.reshape(-1)
         t = self._table
-        region, offset, _ = _checks.located(t, flat, c.size)
-        _checks.writable_targets(t, flat, region, c.size)
+        for _ in _checks.located(t, flat, c.size):
+            pass  # prove every object backed before writing any
+        _checks.writable_targets(t, flat, c.size)
+        in_bytes = vals.reshape(-1).view(np.uint8)
         from . import _kernels
 
-        _kernels.scatter(t.hosts, t.lens, region, offset, c.size, vals.reshape(-1).view(np.uint8))
-        self._mark_objects(region, offset, c.size)
+        for start, stop, host, region in _checks.located(t, flat, c.size):
+            src = in_bytes[start * c.size : stop * c.size]
+            _kernels.scatter(host, region, t.hosts, t.lens, c.size, src)
+        self._mark_objects(flat, c.size)
 
-    def _mark_objects(self, region: np.ndarray, offset: np.ndarray, size: int) -> None:
+    def _mark_objects(self, addrs: np.ndarray, size: int) -> None:
         """Mark each written object's bytes dirty in the bitmaps of the regions it touched."""
-        regions = self._table.regions
+        t = self._table
+        regions = t.regions
         if all(r._bitmap is None for r in regions):
             return
-        lens = self._table.lens
-        head = np.minimum(lens[region] - offset, size)
+        region = _checks.region_indices(t, addrs)
+        offset = (addrs - t.starts[region]).astype(np.int64)
+        head = np.minimum(t.lens[region] - offset, size)
         order = np.argsort(region, kind="stable")
         bounds = np.searchsorted(region[order], np.arange(len(regions) + 1))
         for i, r in enumerate(regions):
@@ -691,7 +704,7 @@ class GuestMemoryMmap(Bytes):
         for k in np.flatnonzero(head < size).tolist():  # the rare objects spilling over
             i, rem = int(region[k]) + 1, size - int(head[k])
             while rem > 0:
-                n = min(int(lens[i]), rem)
+                n = min(int(t.lens[i]), rem)
                 if regions[i]._bitmap is not None:
                     regions[i]._bitmap.mark_dirty(0, n)
                 rem, i = rem - n, i + 1
@@ -720,24 +733,6 @@ class GuestMemoryMmap(Bytes):
             if i == len(regions) or starts[i] != addr:
                 return pieces
 
-    def _object_piece(self, addr: Any, size: int) -> Piece | None:
-        if type(addr) is not int:
-            addr = _u64(addr, "address")
-        r = self._hit
-        if r is not None:
-            off = addr - r._start
-            if off >= 0 and off + size <= r._len:
-                return (r._mv, off, size, r._bitmap, off)
-        i = bisect_right(self._table._starts_t, addr) - 1
-        if i < 0:
-            return None
-        r = self._table.regions[i]
-        off = addr - r._start
-        if off + size > r._len:
-            return None
-        self._hit = r
-        return (r._mv, off, size, r._bitmap, off)
-
     def _atomic_piece(self, addr: int, size: int) -> Piece:
         i = self._index(addr)
         if i < 0:
@@ -756,7 +751,7 @@ class GuestMemoryMmap(Bytes):
             holding it); those regions stay mapped, the others are closed.
         """
         regions = self._table.regions
-        self._table, self._hit = RegionTable(), None
+        self._set_table(RegionTable())
         failed = []
         for r in regions:
             try:

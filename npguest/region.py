@@ -79,7 +79,20 @@ class GuestRegionMmap(_Contiguous):
     (7, GuestAddress(0x1fff))
     """
 
-    __slots__ = ("_bitmap", "_boff", "_end", "_host", "_len", "_mapping", "_mv", "_off", "_start")
+    __slots__ = (
+        "_bitmap",
+        "_boff",
+        "_end",
+        "_guest_window",
+        "_host",
+        "_len",
+        "_mapping",
+        "_mv",
+        "_off",
+        "_start",
+        "_window",
+        "_windows",
+    )
 
     def __init__(self, mapping: MmapRegion, guest_base: Any) -> None:
         if not isinstance(mapping, MmapRegion):
@@ -92,6 +105,7 @@ class GuestRegionMmap(_Contiguous):
         self._end = start + self._len
         self._mv, self._off, self._host = mapping._view, 0, mapping._host
         self._bitmap, self._boff = mapping._bitmap, 0
+        self._set_window()
 
     @classmethod
     def from_range(
@@ -169,6 +183,11 @@ class GuestRegionMmap(_Contiguous):
             A region over the same memory.
         """
         return cls(mapping, guest_base)
+
+    def _set_window(self) -> None:
+        super()._set_window()
+        # the same run seen from guest physical addresses (GuestMemoryMmap's fast path)
+        self._guest_window = (self._start, self._start + self._len, *self._window[2:])
 
     def _oob(self, addr: int) -> Exception:
         if self._mapping._closed:
@@ -421,11 +440,13 @@ class GuestRegionMmap(_Contiguous):
         if self._mapping._closed:
             return
         view, self._mv, self._len = self._mv, _CLOSED, 0
+        self._set_window()
         del view
         try:
             self._mapping.close()
         except MmapRegionError:
             self._mv, self._len = self._mapping._view, self._end - self._start
+            self._set_window()
             raise
 
     def __repr__(self) -> str:

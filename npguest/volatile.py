@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .access import Bytes, Piece, as_byte_view
+from .access import Bytes, Piece, Window, as_byte_view
 from .address import U64_MAX, _u64
 from .bitmap import Bitmap, BitmapSlice, NoBitmap, bitmap_or_none
 from .dtypes import Codec, codec
@@ -111,6 +111,14 @@ class _Contiguous(Bytes):
     _bitmap: Bitmap | None
     _boff: int
     _host: int
+    _window: Window
+    _windows: tuple[Window, ...]
+    _wstarts = (0,)
+
+    def _set_window(self) -> None:
+        """Publish the whole run as the one window of the object fast path."""
+        self._window = (0, self._len, self._mv, self._off, self._bitmap, self._boff)
+        self._windows = (self._window,)
 
     def _oob(self, addr: int) -> Exception:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -149,13 +157,6 @@ class _Contiguous(Bytes):
         self._span_end(addr, count)
         return [self._piece(addr, count)] if count else []
 
-    def _object_piece(self, addr: Any, size: int) -> Piece | None:
-        if type(addr) is not int:
-            addr = _u64(addr, "address")
-        if addr >= 0 and addr + size <= self._len:
-            return self._piece(addr, size)
-        return None
-
     def _atomic_piece(self, addr: int, size: int) -> Piece:
         self._span_end(addr, size)
         host = self._host + self._off + addr
@@ -182,13 +183,14 @@ class VolatileSlice(_Contiguous):
     (2, b'ab', 8)
     """
 
-    __slots__ = ("_bitmap", "_boff", "_host", "_len", "_mv", "_off")
+    __slots__ = ("_bitmap", "_boff", "_host", "_len", "_mv", "_off", "_window", "_windows")
 
     def __init__(self, buf: Any, bitmap: Bitmap | None = None) -> None:
         mv = as_byte_view(buf)
         self._mv, self._off, self._len = mv, 0, len(mv)
         self._bitmap, self._boff = bitmap_or_none(bitmap), 0
         self._host = host_address(mv)
+        self._set_window()
 
     @classmethod
     def _over(
@@ -196,6 +198,7 @@ class VolatileSlice(_Contiguous):
     ) -> VolatileSlice:
         s = cls.__new__(cls)
         s._mv, s._off, s._len, s._bitmap, s._boff, s._host = mv, off, length, bitmap, boff, host
+        s._set_window()
         return s
 
     def _oob(self, addr: int) -> Exception:
