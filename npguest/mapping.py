@@ -18,8 +18,6 @@ Differences from vm-memory, on purpose:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 import os
 import stat
@@ -131,6 +129,9 @@ class FileOffset:
 
 def _fs_type(fd: int) -> int | None:
     """Return ``f_type`` of the file system holding ``fd`` (Linux ``fstatfs``), or ``None``."""
+    import ctypes  # lazily: ctypes.util costs more at import than the rest of npguest
+    import ctypes.util
+
     libc_name = ctypes.util.find_library("c")
     if libc_name is None:  # pragma: no cover - every Linux has a libc
         return None
@@ -371,7 +372,7 @@ class MmapRegion:
             self._view = self._view.toreadonly()
         self._host = host_address(self._view)
         self._page_size = page_size
-        if bitmap is None or isinstance(bitmap, Bitmap):
+        if bitmap is None or (isinstance(bitmap, Bitmap) and not isinstance(bitmap, type)):
             self._bitmap = bitmap_or_none(bitmap)
         else:
             self._bitmap = bitmap_or_none(bitmap(size, page_size))
