@@ -586,7 +586,7 @@ class Bytes:
             c.struct.pack_into(view, off, value)  # type: ignore[union-attr]
         except (struct.error, TypeError):
             c.pack(value)  # raises the clear ByteValuedError
-            raise
+            raise ByteValuedError(value, f"store needs an integer for {c.dtype}") from None
         if bitmap is not None:
             bitmap.mark_dirty(boff, n)
 

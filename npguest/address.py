@@ -467,6 +467,8 @@ def address_array(values: object) -> np.ndarray:
         arr = values
     elif isinstance(values, (list, tuple)):
         arr = np.array([_u64(v, "address") for v in values], dtype=np.uint64)
+    elif isinstance(values, (int, Address)):  # numpy would make 2**64 or an Address an object
+        arr = np.array([_u64(values, "address")], dtype=np.uint64)
     else:
         arr = np.asarray(values)
     if arr.dtype == np.uint64:

@@ -137,6 +137,52 @@ class Codec:
             dtype.kind in "iu" and dtype.itemsize in (1, 2, 4, 8) and order == _NATIVE
         ) and dtype.fields is None
 
+    def array(self, values: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
+        """Convert ``values`` to a new array of ``shape`` items of this dtype, losslessly.
+
+        The array starts zeroed, so padding bytes of structured dtypes are zeros (never
+        stale host memory).  Conversions that would change a value are refused instead
+        of done silently as numpy would: floats into integers, integers out of range,
+        complex into real, strings longer than a bytes field, float overflow.
+
+        Parameters
+        ----------
+        values : array_like
+            Values broadcastable to ``shape`` (records as tuples or ``numpy.void``).
+        shape : tuple of int, optional
+            Number of items (default: one item).
+
+        Returns
+        -------
+        numpy.ndarray
+            C-contiguous; for a sub-array dtype, of its base dtype with the sub-array
+            shape appended.
+
+        Raises
+        ------
+        ByteValuedError
+            A value cannot be stored exactly, or the shapes do not broadcast.
+        """
+        dt = self.dtype
+        base = dt.base if dt.subdtype is not None else dt
+        out = np.zeros(shape, dtype=dt)
+        try:
+            src = values
+            if base.fields is None:
+                src = np.asarray(values)
+                if src.dtype.kind == "O":  # e.g. Python ints beyond 64 bits
+                    src = np.asarray(values, dtype=base)
+                _check_lossless(src, base, values)
+            with np.errstate(over="raise", invalid="raise"):
+                out[...] = src
+        except ByteValuedError:
+            raise
+        except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
+            raise ByteValuedError(
+                _short(values), f"cannot be stored as {shape or 'one'} {dt} ({exc})"
+            ) from None
+        return out
+
     def pack(self, value: Any) -> bytes:
         """Return the bytes of ``value`` as this dtype.
 
@@ -153,22 +199,14 @@ class Codec:
         Raises
         ------
         ByteValuedError
-            The value does not fit the dtype or has the wrong shape.
+            The value cannot be stored exactly, or has the wrong shape.
         """
         if self.struct is not None:
             try:
                 return self.struct.pack(value)
             except (struct.error, TypeError, OverflowError):
-                pass  # numpy scalars of other kinds and bad values: numpy decides below
-        try:
-            arr = np.asarray(value, dtype=self.dtype)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ByteValuedError(value, f"cannot be stored as {self.dtype} ({exc})") from None
-        if arr.nbytes != self.size:
-            raise ByteValuedError(
-                value, f"expected one value of {self.dtype}, got shape {arr.shape}"
-            )
-        return arr.tobytes()
+                pass  # numpy scalars and bad values: the checked conversion decides
+        return self.array(value).tobytes()
 
     def unpack(self, data: Any) -> Any:
         """Decode one value from a buffer of exactly ``size`` bytes.
@@ -187,6 +225,40 @@ class Codec:
         if self.struct is not None:
             return self.struct.unpack(data)[0]
         return np.frombuffer(data, dtype=self.dtype, count=1)[0].copy()
+
+
+def _short(values: Any) -> Any:
+    """Return what an error message should show of bad values."""
+    if isinstance(values, np.ndarray) and values.size > 4:
+        return f"array of shape {values.shape}"
+    return values
+
+
+def _check_lossless(src: np.ndarray, target: np.dtype, original: Any) -> None:
+    """Refuse converting ``src`` to ``target`` where numpy would silently change values."""
+    kind, skind = target.kind, src.dtype.kind
+    if kind in "iu":
+        if skind in "fcSUV":
+            raise ByteValuedError(
+                _short(original), f"{src.dtype} values would be truncated or recast as {target}"
+            )
+        if skind in "iu" and src.size:
+            info = np.iinfo(target)
+            bad = np.flatnonzero((src < info.min) | (src > info.max))
+            if bad.size:
+                value = src.reshape(-1)[bad[0]].item()
+                raise ByteValuedError(value, f"out of range for {target} (element {bad[0]})")
+    elif kind == "f" and skind == "c":
+        raise ByteValuedError(
+            _short(src), f"complex values would lose their imaginary part as {target}"
+        )
+    elif kind == "S" and skind in "SU" and src.size:
+        lengths = np.char.str_len(src)
+        if lengths.max() > target.itemsize:
+            i = int(np.argmax(lengths.reshape(-1) > target.itemsize))
+            raise ByteValuedError(
+                src.reshape(-1)[i].item(), f"longer than the {target.itemsize} bytes of {target}"
+            )
 
 
 _CODECS: dict[Any, Codec] = {}

@@ -464,6 +464,13 @@ class CannotResolveError(IommuError, IndexError):
 class InaccessibleError(IommuError, PermissionError):
     """An IOVA range is mapped without the permissions the access needs."""
 
+    def __init__(self, iova: int, length: int, reason: str = "") -> None:
+        super().__init__(iova, length, reason)
+        # OSError.__init__ took (iova, length, reason) for (errno, strerror, filename)
+        # and dropped reason from args: restore both.
+        self.args = (iova, length, reason)
+        self.errno, self.strerror, self.filename = None, reason, None
+
 
 class DumpFormatError(GuestMemoryError, ValueError):
     """A memory dump is malformed or truncated.

@@ -26,7 +26,6 @@ from .address import U64_MAX, GuestAddress, MemoryRegionAddress, _u64
 from .bitmap import BitmapFactory, mark_many
 from .dtypes import codec
 from .errors import (
-    ByteValuedError,
     CallbackOutOfRangeError,
     GuestMemoryError,
     InvalidGuestAddressError,
@@ -663,14 +662,7 @@ class GuestMemoryMmap(Bytes):
             dtype = np.asarray(values).dtype
         c = codec(dtype if dtype is not None else values.dtype)
         arr = _checks.address_array(addrs)
-        try:
-            vals = np.ascontiguousarray(
-                np.broadcast_to(np.asarray(values, dtype=c.dtype), arr.shape)
-            )
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ByteValuedError(
-                values, f"cannot be written as {c.dtype} at shape {arr.shape}: {exc}"
-            ) from None
+        vals = c.array(values, arr.shape)
         if not arr.size or not c.size:
             return
         flat = arr.reshape(-1)

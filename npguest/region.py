@@ -197,6 +197,14 @@ class GuestRegionMmap(_Contiguous):
     def _misaligned(self, addr: int, host: int, alignment: int) -> Exception:
         return InvalidBackendAddressError(addr, f"not aligned to {alignment} bytes")
 
+    def _overflow(self, addr: int, count: int) -> Exception:
+        return InvalidBackendAddressError(addr, f"offset by {count:#x} would overflow")
+
+    def _stream_pieces(self, addr: int, count: int) -> list[Any]:
+        if self._mapping._closed:  # else a read at 0 of the emptied view looks like EOF
+            raise self._oob(addr)
+        return super()._stream_pieces(addr, count)
+
     # -- GuestMemoryRegion ---------------------------------------------------------------
     def get_mmap(self) -> MmapRegion:
         """Return the host mapping (share it with :class:`GuestRegionMmap` to re-base).
@@ -404,6 +412,8 @@ class GuestRegionMmap(_Contiguous):
         """
         offset, count = _u64(offset, "offset"), _u64(count, "count")
         self._span_end(offset, count)
+        if self._mapping._closed:
+            raise self._oob(offset)
         return VolatileSlice._over(self._mv, offset, count, self._bitmap, offset, self._host)
 
     def as_volatile_slice(self) -> VolatileSlice:
@@ -414,6 +424,8 @@ class GuestRegionMmap(_Contiguous):
         VolatileSlice
             The slice.
         """
+        if self._mapping._closed:
+            raise self._oob(0)
         return VolatileSlice._over(self._mv, 0, self._len, self._bitmap, 0, self._host)
 
     def as_array(self) -> np.ndarray:

@@ -126,6 +126,9 @@ class _Contiguous(Bytes):
     def _misaligned(self, addr: int, host: int, alignment: int) -> Exception:  # pragma: no cover
         raise NotImplementedError
 
+    def _overflow(self, addr: int, count: int) -> Exception:
+        return OffsetOverflowError(addr, count)
+
     def _short_stream(self, expected: int, completed: int) -> Exception:
         return StreamError("failed to fill whole buffer", completed)
 
@@ -135,7 +138,7 @@ class _Contiguous(Bytes):
     def _span_end(self, addr: int, count: int) -> int:
         end = addr + count
         if end > U64_MAX:
-            raise OffsetOverflowError(addr, count)
+            raise self._overflow(addr, count)
         if end > self._len:
             raise self._oob(end)
         return end
@@ -432,10 +435,12 @@ class VolatileSlice(_Contiguous):
         src = memoryview(buf)
         item = src.itemsize
         n = min(self._len // item, src.nbytes // item) * item
-        if self._mv.readonly and n:
+        if not n:
+            return
+        if self._mv.readonly:
             raise ReadOnlyMemoryError(self._off)
         self._mv[self._off : self._off + n] = as_byte_view(src)[:n]
-        if self._bitmap is not None and n:
+        if self._bitmap is not None:
             self._bitmap.mark_dirty(self._boff, n)
 
     def copy_to_volatile_slice(self, dst: VolatileSlice) -> None:
