@@ -275,6 +275,14 @@ class GuestMemoryMmap(Bytes):
             return i
         return -1
 
+    def _backing(self, addr: int) -> tuple[GuestRegionMmap, int]:
+        """Return the region holding ``addr`` (a validated int) and the offset in it, or raise."""
+        i = self._index(addr)
+        if i < 0:
+            raise InvalidGuestAddressError(addr)
+        r = self._table.regions[i]
+        return r, addr - r._start
+
     def find_region(self, addr: Any) -> GuestRegionMmap | None:
         """Return the region holding guest address ``addr``, or ``None``.
 
@@ -425,12 +433,8 @@ class GuestMemoryMmap(Bytes):
         InvalidGuestAddressError
             ``addr`` is not backed.
         """
-        a = _u64(addr, "address")
-        i = self._index(a)
-        if i < 0:
-            raise InvalidGuestAddressError(a)
-        r = self._table.regions[i]
-        return r.get_host_address(a - r._start)
+        r, off = self._backing(_u64(addr, "address"))
+        return r.get_host_address(off)
 
     def get_slice(self, addr: Any, count: int) -> VolatileSlice:
         """Return ``[addr, addr + count)`` as one slice; it must lie in one region.
@@ -454,12 +458,8 @@ class GuestMemoryMmap(Bytes):
         InvalidBackendAddressError
             The range passes the end of ``addr``'s region (use :meth:`get_slices`).
         """
-        a = _u64(addr, "address")
-        i = self._index(a)
-        if i < 0:
-            raise InvalidGuestAddressError(a)
-        r = self._table.regions[i]
-        return r.get_slice(a - r._start, count)
+        r, off = self._backing(_u64(addr, "address"))
+        return r.get_slice(off, count)
 
     def get_slices(self, addr: Any, count: int) -> GuestMemorySliceIterator:
         """Iterate over the slices backing ``[addr, addr + count)``, one per region.
@@ -726,11 +726,8 @@ class GuestMemoryMmap(Bytes):
                 return pieces
 
     def _atomic_piece(self, addr: int, size: int) -> Piece:
-        i = self._index(addr)
-        if i < 0:
-            raise InvalidGuestAddressError(addr)
-        r = self._table.regions[i]
-        return r._atomic_piece(addr - r._start, size)
+        r, off = self._backing(addr)
+        return r._atomic_piece(off, size)
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:

@@ -389,17 +389,8 @@ class MmapRegion:
         """
         return self._size
 
-    def len(self) -> int:
-        """Return the mapping's size in bytes (vm-memory's ``VolatileMemory::len``).
-
-        Returns
-        -------
-        int
-            The size.
-        """
-        return self._size
-
-    __len__ = len
+    len = size  # vm-memory's VolatileMemory::len
+    __len__ = size
 
     def file_offset(self) -> FileOffset | None:
         """Return the file and offset mapped, or ``None`` for anonymous memory.

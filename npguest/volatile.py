@@ -523,7 +523,52 @@ class VolatileSlice(_Contiguous):
         return VolatileArrayRef(self.subslice(offset, n * c.size), c.dtype)
 
 
-class VolatileRef:
+class _TypedView:
+    """What a reference to typed objects in memory shares: its layout and its bytes."""
+
+    __slots__ = ("_codec", "_slice")
+    _codec: Codec
+    _slice: VolatileSlice
+
+    @property
+    def dtype(self) -> np.dtype:
+        """numpy.dtype: The layout of the objects referred to."""
+        return self._codec.dtype
+
+    def bitmap(self) -> Bitmap:
+        """Return the dirty bitmap at the first byte referred to.
+
+        Returns
+        -------
+        Bitmap
+            As :meth:`VolatileSlice.bitmap`.
+        """
+        return self._slice.bitmap()
+
+    def ptr_guard(self) -> PtrGuard:
+        """Return the host address of the first byte (writes through it are untracked).
+
+        Returns
+        -------
+        PtrGuard
+            The raw pointer holder.
+        """
+        return self._slice.ptr_guard()
+
+    ptr_guard_mut = ptr_guard
+
+    def to_slice(self) -> VolatileSlice:
+        """Return the bytes referred to as a slice.
+
+        Returns
+        -------
+        VolatileSlice
+            The slice.
+        """
+        return self._slice
+
+
+class VolatileRef(_TypedView):
     """A reference to one object in memory (vm-memory's ``VolatileRef``).
 
     Parameters
@@ -545,7 +590,7 @@ class VolatileRef:
     (7, 4)
     """
 
-    __slots__ = ("_codec", "_slice")
+    __slots__ = ()
 
     def __init__(self, vslice: VolatileSlice, dtype: DTypeLike) -> None:
         self._codec: Codec = codec(dtype)
@@ -554,11 +599,6 @@ class VolatileRef:
                 f"a {self._codec.dtype} needs {self._codec.size} bytes, got {len(vslice)}"
             )
         self._slice = vslice
-
-    @property
-    def dtype(self) -> np.dtype:
-        """numpy.dtype: The object's layout."""
-        return self._codec.dtype
 
     def len(self) -> int:
         """Return the object's size in bytes.
@@ -571,38 +611,6 @@ class VolatileRef:
         return self._codec.size
 
     __len__ = len
-
-    def bitmap(self) -> Bitmap:
-        """Return the dirty bitmap at the object.
-
-        Returns
-        -------
-        Bitmap
-            As :meth:`VolatileSlice.bitmap`.
-        """
-        return self._slice.bitmap()
-
-    def ptr_guard(self) -> PtrGuard:
-        """Return the object's host address (writes through it are untracked).
-
-        Returns
-        -------
-        PtrGuard
-            The raw pointer holder.
-        """
-        return self._slice.ptr_guard()
-
-    ptr_guard_mut = ptr_guard
-
-    def to_slice(self) -> VolatileSlice:
-        """Return the object's bytes as a slice.
-
-        Returns
-        -------
-        VolatileSlice
-            The slice.
-        """
-        return self._slice
 
     def load(self) -> Any:
         """Read the object.
@@ -628,7 +636,7 @@ class VolatileRef:
         return f"VolatileRef({self._codec.dtype}, {self._slice!r})"
 
 
-class VolatileArrayRef:
+class VolatileArrayRef(_TypedView):
     """A reference to consecutive objects in memory (vm-memory's ``VolatileArrayRef``).
 
     Parameters
@@ -645,7 +653,7 @@ class VolatileArrayRef:
     (3, [0, 1, 2, 3])
     """
 
-    __slots__ = ("_codec", "_n", "_slice")
+    __slots__ = ("_n",)
 
     def __init__(self, vslice: VolatileSlice, dtype: DTypeLike = np.uint8) -> None:
         self._codec: Codec = codec(dtype)
@@ -653,11 +661,6 @@ class VolatileArrayRef:
         if size == 0 or len(vslice) % size:
             raise ValueError(f"{len(vslice)} bytes is not a whole number of {self._codec.dtype}")
         self._slice, self._n = vslice, len(vslice) // size
-
-    @property
-    def dtype(self) -> np.dtype:
-        """numpy.dtype: The items' layout."""
-        return self._codec.dtype
 
     def len(self) -> int:
         """Return the number of elements.
@@ -690,38 +693,6 @@ class VolatileArrayRef:
             ``dtype.itemsize``.
         """
         return self._codec.size
-
-    def bitmap(self) -> Bitmap:
-        """Return the dirty bitmap at the first element.
-
-        Returns
-        -------
-        Bitmap
-            As :meth:`VolatileSlice.bitmap`.
-        """
-        return self._slice.bitmap()
-
-    def ptr_guard(self) -> PtrGuard:
-        """Return the array's host address (writes through it are untracked).
-
-        Returns
-        -------
-        PtrGuard
-            The raw pointer holder.
-        """
-        return self._slice.ptr_guard()
-
-    ptr_guard_mut = ptr_guard
-
-    def to_slice(self) -> VolatileSlice:
-        """Return the array's bytes as a slice.
-
-        Returns
-        -------
-        VolatileSlice
-            The slice.
-        """
-        return self._slice
 
     def ref_at(self, index: int) -> VolatileRef:
         """Return a reference to element ``index``.
