@@ -18,6 +18,14 @@ answers a few questions about an access and the mixin does the rest:
     starts, and the last window hit.  Object reads and writes check the last window,
     then ``bisect`` the starts; anything not wholly inside one window takes the general
     path.
+``_rfast`` and ``_wfast``
+    One-entry dispatch caches of ``read_obj``/``write_obj``, primed by their general
+    path: ``(dtype, lo, hi, struct_method, view, delta, ...)``.  A call with the same
+    dtype *object*, an int address in ``[lo, hi]`` (and, for writes, an int value proven
+    to fit) is one struct call and nothing else.  ``_rfasts``/``_wfasts`` hold, for the
+    last dtype, one such entry per window (built on first use), so moving to another
+    window costs a ``bisect``.  ``NO_FAST``/``NO_FASTS`` never match; objects reset
+    all four whenever their windows change.
 ``_atomic_piece(addr, size)``
     The one piece of an aligned atomic access, or the object's error.
 ``_short_stream(expected, completed)``
@@ -43,7 +51,7 @@ from .dtypes import _CODECS, Codec, _value_dtype, codec
 from .errors import ByteValuedError, PartialBufferError, ReadOnlyMemoryError
 from .stream import read_into, write_all
 
-__all__ = ["NO_WINDOW", "Bytes", "Piece", "Window", "as_byte_view"]
+__all__ = ["NO_FAST", "NO_FASTS", "NO_WINDOW", "Bytes", "Piece", "Window", "as_byte_view"]
 
 
 Piece = tuple[memoryview, int, int, Bitmap | None, int]
@@ -59,6 +67,12 @@ and bitmap offset ``bitmap_base + a - start``."""
 
 NO_WINDOW: Window = (1, 0, memoryview(b""), 0, None, 0)
 """A window that no access falls into."""
+
+NO_FAST = (object(), 1, 0, None, None, 0, 1, 0, None, 0, 0)
+"""A fast-path entry that no call matches (its dtype is a private object)."""
+
+NO_FASTS = (object(), [], None)
+"""A per-window table of fast-path entries that no call matches."""
 
 
 def as_byte_view(buf: Any, writable: bool = False) -> memoryview:
@@ -120,6 +134,23 @@ def _codec_for(value: Any, dtype: DTypeLike | None) -> Codec:
     return c
 
 
+def _read_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
+    """Build the ``read_obj`` fast-path entry of ``dtype`` in ``window``."""
+    start, end, view, base, _, _ = window
+    return (dtype, start, end - c.size, c.struct.unpack_from, view, base - start)  # type: ignore[union-attr]
+
+
+def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
+    """Build the ``write_obj`` fast-path entry of ``dtype`` in ``window`` (none if read-only)."""
+    start, end, view, base, bitmap, bbase = window
+    if view.readonly:
+        return NO_FAST
+    return (
+        dtype, start, end - c.size, c.struct.pack_into, view, base - start,  # type: ignore[union-attr]
+        c.lo, c.hi, bitmap, bbase - start, c.size,
+    )  # fmt: skip
+
+
 class Bytes:
     """Byte access to a memory object (vm-memory's ``Bytes`` trait).
 
@@ -143,6 +174,10 @@ class Bytes:
     _window: Window
     _windows: tuple[Window, ...]
     _wstarts: tuple[int, ...]
+    _rfast: tuple[Any, ...]
+    _wfast: tuple[Any, ...]
+    _rfasts: tuple[Any, list[Any], Codec | None]
+    _wfasts: tuple[Any, list[Any], Codec | None]
 
     def _atomic_piece(self, addr: int, size: int) -> Piece:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -324,6 +359,25 @@ class Bytes:
         ReadOnlyMemoryError
             The memory is mapped read-only.
         """
+        f = self._wfast
+        if dtype is f[0] and type(addr) is int and type(value) is int and f[6] <= value <= f[7]:
+            if not f[1] <= addr <= f[2]:
+                i = bisect_right(self._wstarts, addr) - 1
+                if i < 0:
+                    return self._write_obj(value, addr, dtype)
+                table = self._wfasts  # another window: its entry (checked: threads race)
+                f = table[1][i] or self._fast_entry(table, i, write=True)
+                if f[0] is not dtype or not f[1] <= addr <= f[2]:
+                    return self._write_obj(value, addr, dtype)
+                self._wfast = f
+            f[3](f[4], addr + f[5], value)  # one store; the value is proven to fit
+            if f[8] is not None:
+                f[8].mark_dirty(addr + f[9], f[10])
+            return None
+        return self._write_obj(value, addr, dtype)
+
+    def _write_obj(self, value: Any, addr: Any, dtype: DTypeLike | None) -> None:
+        """Write an object by the general path, and prime the fast path for its dtype."""
         last = _last_codec
         c = last[1] if dtype is last[0] else _codec_for(value, dtype)
         st, size = c.struct, c.size
@@ -338,9 +392,17 @@ class Bytes:
                     return self.write_slice(c.pack(value), addr)
                 self._window = window
                 start, end, view, base, bitmap, bbase = window
+            if dtype is not None and c.lo <= c.hi and not view.readonly:
+                self._wfast = _write_entry(dtype, c, self._window)
+                if self._wfasts[0] is not dtype:
+                    self._wfasts = (dtype, [None] * len(self._windows), c)
             try:
-                st.pack_into(view, base + addr - start, value)
-            except (struct.error, TypeError):
+                if type(value) is int and c.lo <= value <= c.hi:
+                    st.pack_into(view, base + addr - start, value)  # one store, cannot fail
+                else:  # pack first: struct.pack_into zeroes its target before validating
+                    o = base + addr - start
+                    view[o : o + size] = st.pack(value)
+            except (struct.error, TypeError, OverflowError):
                 pass  # a bad value or read-only memory: the general path says which
             else:
                 if bitmap is not None:
@@ -373,6 +435,21 @@ class Bytes:
         InvalidGuestAddressError, InvalidBackendAddressError, OutOfBoundsError
             ``addr`` itself is not backed.
         """
+        f = self._rfast
+        if dtype is f[0] and type(addr) is int:
+            if f[1] <= addr <= f[2]:
+                return f[3](f[4], addr + f[5])[0]
+            i = bisect_right(self._wstarts, addr) - 1
+            if i >= 0:  # another window: its entry for this dtype (checked: threads race)
+                table = self._rfasts
+                f = table[1][i] or self._fast_entry(table, i, write=False)
+                if f[0] is dtype and f[1] <= addr <= f[2]:
+                    self._rfast = f
+                    return f[3](f[4], addr + f[5])[0]
+        return self._read_obj(addr, dtype)
+
+    def _read_obj(self, addr: Any, dtype: DTypeLike) -> Any:
+        """Read an object by the general path, and prime the fast path for its dtype."""
         last = _last_codec
         c = last[1] if dtype is last[0] else _codec_for(None, dtype)
         size = c.size
@@ -390,8 +467,19 @@ class Bytes:
             start, end, view, base, _, _ = window
         off = base + addr - start
         if c.struct is not None:
+            self._rfast = _read_entry(dtype, c, self._window)
+            if self._rfasts[0] is not dtype:
+                self._rfasts = (dtype, [None] * len(self._windows), c)
             return c.struct.unpack_from(view, off)[0]
         return c.unpack(view[off : off + size])
+
+    def _fast_entry(self, table: tuple[Any, list[Any], Codec], i: int, write: bool) -> Any:
+        """Build (and keep) the fast-path entry of window ``i`` for the table's dtype."""
+        dtype, entries, c = table
+        window = self._windows[i]
+        entry = _write_entry(dtype, c, window) if write else _read_entry(dtype, c, window)
+        entries[i] = entry
+        return entry
 
     # -- streams -------------------------------------------------------------------------
     def read_volatile_from(self, addr: Any, src: Any, count: int) -> int:
@@ -583,8 +671,11 @@ class Bytes:
         if view.readonly:
             raise ReadOnlyMemoryError(addr)
         try:
-            c.struct.pack_into(view, off, value)  # type: ignore[union-attr]
-        except (struct.error, TypeError):
+            if type(value) is int and c.lo <= value <= c.hi:
+                c.struct.pack_into(view, off, value)  # type: ignore[union-attr]
+            else:  # pack first: struct.pack_into zeroes its target before validating
+                view[off : off + n] = c.struct.pack(value)  # type: ignore[union-attr]
+        except (struct.error, TypeError, OverflowError):
             c.pack(value)  # raises the clear ByteValuedError
             raise ByteValuedError(value, f"store needs an integer for {c.dtype}") from None
         if bitmap is not None:

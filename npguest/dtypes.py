@@ -121,9 +121,11 @@ class Codec:
     atomic : bool
         Whether ``load``/``store`` accept it: an integer of 1, 2, 4 or 8 bytes in host
         byte order (vm-memory's ``AtomicAccess`` types).
+    lo, hi : int
+        The range of Python ints that :attr:`struct` packs in place (empty if none).
     """
 
-    __slots__ = ("atomic", "dtype", "size", "struct")
+    __slots__ = ("atomic", "dtype", "hi", "lo", "size", "struct")
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
@@ -136,6 +138,13 @@ class Codec:
         self.atomic = (
             dtype.kind in "iu" and dtype.itemsize in (1, 2, 4, 8) and order == _NATIVE
         ) and dtype.fields is None
+        # Python ints in [lo, hi] can go straight to struct.pack_into, which zeroes its
+        # target *before* it validates: only values proven to fit may take that path.
+        if self.struct is not None and dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            self.lo, self.hi = int(info.min), int(info.max)
+        else:
+            self.lo, self.hi = 1, 0
 
     def array(self, values: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
         """Convert ``values`` to a new array of ``shape`` items of this dtype, losslessly.

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _checks
-from .access import NO_WINDOW, Bytes, Piece
+from .access import NO_FAST, NO_FASTS, NO_WINDOW, Bytes, Piece
 from .address import U64_MAX, GuestAddress, MemoryRegionAddress, _u64
 from .bitmap import BitmapFactory, mark_many
 from .dtypes import codec
@@ -60,7 +60,17 @@ class GuestMemoryMmap(Bytes):
     2
     """
 
-    __slots__ = ("__weakref__", "_table", "_window", "_windows", "_wstarts")
+    __slots__ = (
+        "__weakref__",
+        "_rfast",
+        "_rfasts",
+        "_table",
+        "_wfast",
+        "_wfasts",
+        "_window",
+        "_windows",
+        "_wstarts",
+    )
 
     def __init__(self, regions: Sequence[GuestRegionMmap] | RegionTable = ()) -> None:
         table = regions if isinstance(regions, RegionTable) else RegionTable(regions)
@@ -71,6 +81,8 @@ class GuestMemoryMmap(Bytes):
         self._window = NO_WINDOW
         self._wstarts = table._starts_t
         self._windows = tuple(r._guest_window for r in table.regions)
+        self._rfast = self._wfast = NO_FAST
+        self._rfasts = self._wfasts = NO_FASTS
 
     # -- construction --------------------------------------------------------------------
     @classmethod

@@ -89,7 +89,11 @@ class GuestRegionMmap(_Contiguous):
         "_mapping",
         "_mv",
         "_off",
+        "_rfast",
+        "_rfasts",
         "_start",
+        "_wfast",
+        "_wfasts",
         "_window",
         "_windows",
     )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-from .access import Bytes, Piece, Window, as_byte_view
+from .access import NO_FAST, NO_FASTS, Bytes, Piece, Window, as_byte_view
 from .address import U64_MAX, _u64
 from .bitmap import Bitmap, BitmapSlice, NoBitmap, bitmap_or_none
 from .dtypes import Codec, codec
@@ -119,6 +119,8 @@ class _Contiguous(Bytes):
         """Publish the whole run as the one window of the object fast path."""
         self._window = (0, self._len, self._mv, self._off, self._bitmap, self._boff)
         self._windows = (self._window,)
+        self._rfast = self._wfast = NO_FAST
+        self._rfasts = self._wfasts = NO_FASTS
 
     def _oob(self, addr: int) -> Exception:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -186,7 +188,20 @@ class VolatileSlice(_Contiguous):
     (2, b'ab', 8)
     """
 
-    __slots__ = ("_bitmap", "_boff", "_host", "_len", "_mv", "_off", "_window", "_windows")
+    __slots__ = (
+        "_bitmap",
+        "_boff",
+        "_host",
+        "_len",
+        "_mv",
+        "_off",
+        "_rfast",
+        "_rfasts",
+        "_wfast",
+        "_wfasts",
+        "_window",
+        "_windows",
+    )
 
     def __init__(self, buf: Any, bitmap: Bitmap | None = None) -> None:
         mv = as_byte_view(buf)

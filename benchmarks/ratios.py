@@ -1,0 +1,118 @@
+"""Measure every speed target of the issue in one run and print a table.
+
+Usage: ``python benchmarks/ratios.py``.  Each row times npguest and its baseline in this
+process, interleaved, best of many repeats (the same code as the asv suite's ``time_*``
+and ``track_*_ratio`` benchmarks, which this reuses).  The table reports; it does not
+gate: the exit status is 0 whatever the ratios, non-zero only if a measurement crashed.
+
+asv imports this module while collecting benchmarks, so it defines no ``time_*``,
+``track_*`` or ``peakmem_*`` names and measures nothing on import.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from pathlib import Path
+
+if __package__:
+    from . import _common, bench_batch, bench_construct, bench_copy, bench_import, bench_scalar
+else:  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks import (
+        _common,
+        bench_batch,
+        bench_construct,
+        bench_copy,
+        bench_import,
+        bench_scalar,
+    )
+
+# (benchmark class, pair name, label, largest passing ratio); rows run for every value
+# of the class's asv ``params``
+RATIO_ROWS = [
+    (bench_copy.Copy, "read_slice", "read_slice 64 MiB", 1 / 0.9),
+    (bench_copy.Copy, "write_slice", "write_slice 64 MiB", 1 / 0.9),
+    (bench_scalar.Scalar, "read_obj", "read_obj Le64 x10k", 3.0),
+    (bench_scalar.Scalar, "write_obj", "write_obj Le64 x10k", 3.0),
+    (bench_batch.Batch, "read_objs", "read_objs 1M Le64 / np.take", 2.0),
+    (bench_batch.Batch, "write_objs", "write_objs 1M Le64 / np.put", 2.0),
+    (bench_construct.FromRangesScaling, "from_ranges_size", "from_ranges 1 GiB / 16 MiB", 1.5),
+    (bench_import.Import, "import", "import npguest / numpy", 1.5),
+]
+
+RSS_LIMIT_MIB = 1.0
+HEADER = ("benchmark", "npguest", "baseline", "ratio", "target", "")
+
+
+def _seconds(t: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t / 1e-9:.3g} ns"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def _ratio_rows():
+    """Yield one table row per (class, parameter, pair), setting each fixture up once."""
+    groups: dict[tuple[type, str | None], list[tuple[str, str, float]]] = {}
+    for cls, pair, label, limit in RATIO_ROWS:
+        for param in getattr(cls, "params", None) or [None]:
+            groups.setdefault((cls, param), []).append((pair, label, limit))
+    for (cls, param), pairs in groups.items():
+        bench = cls()
+        args = () if param is None else (param,)
+        if hasattr(bench, "setup"):
+            bench.setup(*args)
+        try:
+            for pair, label, limit in pairs:
+                ours, base = bench.measure(pair)
+                name = label if param is None else f"{label} [{param}]"
+                r = ours / base
+                yield (name, _seconds(ours), _seconds(base), f"{r:.3f}", f"<= {limit:.3g}",
+                       _verdict(r <= limit))  # fmt: skip
+        finally:
+            if hasattr(bench, "teardown"):
+                bench.teardown(*args)
+
+
+def _value_rows():
+    """Yield the rows whose target is a value, not a ratio."""
+    for total in bench_construct.SIZES:
+        grown = bench_construct.rss_growth_mib(total)
+        label = f"from_ranges {total // _common.MiB} MiB RSS growth"
+        yield (label, f"{grown:.2f} MiB", "0 MiB", "-", f"<= {RSS_LIMIT_MIB:g} MiB",
+               _verdict(grown <= RSS_LIMIT_MIB))  # fmt: skip
+    loaded = _common.numba_modules_after_import("npguest")
+    yield ("import npguest loads numba", f"{loaded} modules", "0 modules", "-", "== 0",
+           _verdict(loaded == 0))  # fmt: skip
+
+
+def main() -> int:
+    """Measure, print the table row by row, return 0."""
+    t0 = time.perf_counter()
+    widths = (34, 10, 10, 6, 10, 4)
+
+    def show(row):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)), flush=True)
+
+    show(HEADER)
+    failed, count = [], 0
+    for row in itertools.chain(_ratio_rows(), _value_rows()):
+        show(row)
+        count += 1
+        if row[-1] == "FAIL":
+            failed.append(row[0])
+    elapsed = time.perf_counter() - t0
+    print(f"\n{count - len(failed)}/{count} targets met ({elapsed:.0f} s)")
+    for name in failed:
+        print(f"FAIL: {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
