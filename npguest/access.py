@@ -141,14 +141,35 @@ def _read_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
 
 
 def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
-    """Build the ``write_obj`` fast-path entry of ``dtype`` in ``window`` (none if read-only)."""
+    """Build the ``write_obj`` fast-path entry of ``dtype`` in ``window``.
+
+    Only host-order integers get one (none for read-only windows): an aligned one is
+    stored through a ``memoryview`` cast to its type -- one store of its width -- and
+    an unaligned one packed and copied.  Never ``struct.pack_into``: it zeroes its
+    target before storing, so a concurrent reader (or the guest) could see 0.
+    """
     start, end, view, base, bitmap, bbase = window
-    if view.readonly:
+    size = c.size
+    if view.readonly or c.native is None:
         return NO_FAST
+    typed = view[: len(view) // size * size].cast(c.native)
     return (
-        dtype, start, end - c.size, c.struct.pack_into, view, base - start,  # type: ignore[union-attr]
-        c.lo, c.hi, bitmap, bbase - start, c.size,
+        dtype, start, end - size, c.struct.pack, view, base - start,  # type: ignore[union-attr]
+        bitmap, bbase - start, size, size - 1, typed, size.bit_length() - 1,
     )  # fmt: skip
+
+
+def _put(view: memoryview, off: int, c: Codec, value: Any) -> None:
+    """Store one plain number at ``view[off]``: one store of its width when aligned.
+
+    Raises ``struct.error``, ``TypeError``, ``ValueError`` or ``OverflowError`` (before
+    writing anything) for a value the dtype's struct cannot hold.
+    """
+    size = c.size
+    if c.native is not None and not off % size and type(value) is int and c.lo <= value <= c.hi:
+        view[off : off + size].cast(c.native)[0] = value
+    else:
+        view[off : off + size] = c.struct.pack(value)  # type: ignore[union-attr]
 
 
 class Bytes:
@@ -360,7 +381,7 @@ class Bytes:
             The memory is mapped read-only.
         """
         f = self._wfast
-        if dtype is f[0] and type(addr) is int and type(value) is int and f[6] <= value <= f[7]:
+        if dtype is f[0] and type(addr) is int and type(value) is int:
             if not f[1] <= addr <= f[2]:
                 i = bisect_right(self._wstarts, addr) - 1
                 if i < 0:
@@ -370,9 +391,16 @@ class Bytes:
                 if f[0] is not dtype or not f[1] <= addr <= f[2]:
                     return self._write_obj(value, addr, dtype)
                 self._wfast = f
-            f[3](f[4], addr + f[5], value)  # one store; the value is proven to fit
-            if f[8] is not None:
-                f[8].mark_dirty(addr + f[9], f[10])
+            o = addr + f[5]
+            try:  # both stores check the value first: a bad one writes nothing
+                if o & f[9]:  # unaligned: no atomicity to keep, one copy
+                    f[4][o : o + f[8]] = f[3](value)
+                else:  # aligned: one store of the value's width
+                    f[10][o >> f[11]] = value
+            except (struct.error, ValueError, OverflowError):
+                return self._write_obj(value, addr, dtype)  # says what is wrong
+            if f[6] is not None:
+                f[6].mark_dirty(addr + f[7], f[8])
             return None
         return self._write_obj(value, addr, dtype)
 
@@ -392,17 +420,13 @@ class Bytes:
                     return self.write_slice(c.pack(value), addr)
                 self._window = window
                 start, end, view, base, bitmap, bbase = window
-            if dtype is not None and c.lo <= c.hi and not view.readonly:
+            if dtype is not None and c.native is not None and not view.readonly:
                 self._wfast = _write_entry(dtype, c, self._window)
                 if self._wfasts[0] is not dtype:
                     self._wfasts = (dtype, [None] * len(self._windows), c)
             try:
-                if type(value) is int and c.lo <= value <= c.hi:
-                    st.pack_into(view, base + addr - start, value)  # one store, cannot fail
-                else:  # pack first: struct.pack_into zeroes its target before validating
-                    o = base + addr - start
-                    view[o : o + size] = st.pack(value)
-            except (struct.error, TypeError, OverflowError):
+                _put(view, base + addr - start, c, value)
+            except (struct.error, TypeError, ValueError, OverflowError):
                 pass  # a bad value or read-only memory: the general path says which
             else:
                 if bitmap is not None:
@@ -671,11 +695,8 @@ class Bytes:
         if view.readonly:
             raise ReadOnlyMemoryError(addr)
         try:
-            if type(value) is int and c.lo <= value <= c.hi:
-                c.struct.pack_into(view, off, value)  # type: ignore[union-attr]
-            else:  # pack first: struct.pack_into zeroes its target before validating
-                view[off : off + n] = c.struct.pack(value)  # type: ignore[union-attr]
-        except (struct.error, TypeError, OverflowError):
+            _put(view, off, c, value)  # aligned (checked above): one store
+        except (struct.error, ValueError, TypeError, OverflowError):
             c.pack(value)  # raises the clear ByteValuedError
             raise ByteValuedError(value, f"store needs an integer for {c.dtype}") from None
         if bitmap is not None:
@@ -705,4 +726,5 @@ class Bytes:
         """
         c = self._atomic_codec(dtype)
         view, off, _, _, _ = self._atomic_piece(_u64(addr, "address"), c.size)
+        # host-order struct formats unpack with one fixed-size memcpy: a single load
         return c.struct.unpack_from(view, off)[0]  # type: ignore[union-attr]

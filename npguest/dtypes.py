@@ -121,11 +121,14 @@ class Codec:
     atomic : bool
         Whether ``load``/``store`` accept it: an integer of 1, 2, 4 or 8 bytes in host
         byte order (vm-memory's ``AtomicAccess`` types).
+    native : str or None
+        For atomic types, the host-order ``struct``/``memoryview`` format character: a
+        ``memoryview`` cast to it loads and stores the integer with one access.
     lo, hi : int
-        The range of Python ints that :attr:`struct` packs in place (empty if none).
+        The range of Python ints the dtype holds (empty if not an integer dtype).
     """
 
-    __slots__ = ("atomic", "dtype", "hi", "lo", "size", "struct")
+    __slots__ = ("atomic", "dtype", "hi", "lo", "native", "size", "struct")
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
@@ -138,8 +141,8 @@ class Codec:
         self.atomic = (
             dtype.kind in "iu" and dtype.itemsize in (1, 2, 4, 8) and order == _NATIVE
         ) and dtype.fields is None
-        # Python ints in [lo, hi] can go straight to struct.pack_into, which zeroes its
-        # target *before* it validates: only values proven to fit may take that path.
+        self.native = code if self.atomic else None
+        # Python ints in [lo, hi] may be stored without packing them first.
         if self.struct is not None and dtype.kind in "iu":
             info = np.iinfo(dtype)
             self.lo, self.hi = int(info.min), int(info.max)
@@ -247,7 +250,7 @@ def _check_lossless(src: np.ndarray, target: np.dtype, original: Any) -> None:
     """Refuse converting ``src`` to ``target`` where numpy would silently change values."""
     kind, skind = target.kind, src.dtype.kind
     if kind in "iu":
-        if skind in "fcSUV":
+        if skind in "fcSUV" and src.size:  # (an empty list is float64 to numpy)
             raise ByteValuedError(
                 _short(original), f"{src.dtype} values would be truncated or recast as {target}"
             )
