@@ -9,6 +9,7 @@ import pickle
 
 import numpy as np
 import pytest
+from _support import readonly_file_memory
 
 import npguest
 from npguest import (
@@ -465,11 +466,7 @@ def test_raises_mmap_region_error_file_too_short(tmp_path):
 
 def test_raises_read_only_memory(tmp_path):
     path = tmp_path / "ro.bin"
-    path.write_bytes(bytes(range(256)) * 32)
-    with open(path, "rb") as f:
-        ro = GuestMemoryMmap.from_ranges_with_files(
-            [(0x10000, 8192, FileOffset(f, 0))], readonly=True
-        )
+    ro = readonly_file_memory(path, bytes(range(256)) * 32, 0x10000)
     assert ro.read_bytes(0x10004, 4) == b"\x04\x05\x06\x07"
     with pytest.raises(ReadOnlyMemoryError) as info:
         ro.write_slice(b"\xff\xff", 0x10004)
