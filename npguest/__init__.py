@@ -24,7 +24,7 @@ from __future__ import annotations
 from . import errors
 from .access import Bytes
 from .address import U64_MAX, Address, GuestAddress, MemoryRegionAddress
-from .bitmap import Bitmap, BitmapSlice, NoBitmap
+from .bitmap import AtomicBitmap, Bitmap, BitmapSlice, NoBitmap
 from .dtypes import Be16, Be32, Be64, BeSize, Le16, Le32, Le64, LeSize, as_bytes, from_bytes
 from .errors import GuestMemoryError
 from .guest_memory import GuestMemoryMmap, GuestMemorySliceIterator
@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "U64_MAX",
     "Address",
+    "AtomicBitmap",
     "Be16",
     "Be32",
     "Be64",

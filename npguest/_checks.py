@@ -81,27 +81,41 @@ def first_unbacked(table: RegionTable, addr: int, size: int) -> int:
     return min(cur, U64_MAX)
 
 
-def open_regions(table: RegionTable) -> None:
-    """Check that no region of ``table`` was closed (a kernel would touch unmapped memory).
+def open_regions(table: RegionTable) -> list[memoryview]:
+    """Pin every region of ``table`` open for a kernel that will use their host addresses.
+
+    Each returned view is an export of a region's ``mmap``: while the caller holds it,
+    closing the region is refused, so a kernel running without the GIL never touches
+    unmapped memory.  (Taking the export is one C call, so there is no window between
+    checking a region and pinning it.)
 
     Parameters
     ----------
     table : RegionTable
         The regions.
 
+    Returns
+    -------
+    list of memoryview
+        The pins; keep them alive until the kernels return.
+
     Raises
     ------
     MmapRegionError
         A region is closed.
     """
+    pins = []
     for r in table.regions:
-        if r._mapping._closed:
-            raise MmapRegionError(f"the region at {r._start:#x} is closed")
+        try:
+            pins.append(memoryview(r._mapping._mmap))
+        except ValueError:  # "mmap closed or invalid"
+            raise MmapRegionError(f"the region at {r._start:#x} is closed") from None
+    return pins
 
 
 def located(
     table: RegionTable, addrs: np.ndarray, size: int
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """Translate ``[addr, addr + size)`` to host addresses chunk by chunk, proving each backed.
 
     Chunks of :data:`CHUNK` addresses keep the host-address scratch buffer in cache
@@ -118,11 +132,11 @@ def located(
 
     Yields
     ------
-    tuple of (int, int, numpy.ndarray, numpy.ndarray)
-        ``(start, stop, host, region)`` for ``addrs[start:stop]``: ``int64`` host
-        addresses (a reused buffer: consume it before the next chunk), and the ``int64``
-        region index of each object when some object of the chunk straddles adjacent
-        regions (else an empty array).
+    tuple of (int, int, numpy.ndarray, numpy.ndarray, numpy.ndarray)
+        ``(start, stop, host, straddling, region)`` for ``addrs[start:stop]``: ``int64``
+        host addresses and region indices (reused buffers: consume them before the next
+        chunk); ``straddling`` is ``region`` when some object of the chunk straddles
+        adjacent regions, else an empty array (the copy kernels' fast case).
 
     Raises
     ------
@@ -135,13 +149,15 @@ def located(
     """
     from . import _kernels
 
-    open_regions(table)
+    pins = open_regions(table)  # held by this generator while the caller's kernels run
     count = addrs.shape[0]
-    scratch = np.empty(min(CHUNK, count), dtype=np.int64)
+    scratch = np.empty((2, min(CHUNK, count)), dtype=np.int64)
     for start in range(0, count, CHUNK):
         chunk = addrs[start : start + CHUNK]
-        host = scratch[: chunk.shape[0]]
-        bad, straddlers = _kernels.locate(table.starts, table.ends, table.hosts, chunk, size, host)
+        host, region = scratch[0, : chunk.shape[0]], scratch[1, : chunk.shape[0]]
+        bad, straddlers = _kernels.locate(
+            table.starts, table.ends, table.hosts, chunk, size, host, region
+        )
         if bad >= 0:
             a = int(chunk[bad])
             exc = InvalidGuestAddressError(first_unbacked(table, a, size))
@@ -149,8 +165,8 @@ def located(
                 f"element {start + bad}: the {size}-byte object at {a:#x} is not wholly backed"
             )
             raise exc
-        region = region_indices(table, chunk) if straddlers else _NO_REGIONS
-        yield start, start + chunk.shape[0], host, region
+        yield start, start + chunk.shape[0], host, region if straddlers else _NO_REGIONS, region
+    del pins  # (only now may the regions close)
 
 
 def region_indices(table: RegionTable, addrs: np.ndarray) -> np.ndarray:

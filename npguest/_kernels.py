@@ -16,7 +16,20 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
-__all__ = ["gather", "locate", "scatter"]
+__all__ = [
+    "bitmap_clear",
+    "bitmap_count",
+    "bitmap_fold",
+    "bitmap_mark_ranges",
+    "bitmap_pages",
+    "bitmap_ranges",
+    "bitmap_set",
+    "bitmap_take",
+    "gather",
+    "locate",
+    "mark_objects",
+    "scatter",
+]
 
 
 def _access_intrinsic(width):
@@ -54,6 +67,61 @@ _load32, _store32 = _access_intrinsic(4)
 _load64, _store64 = _access_intrinsic(8)
 
 
+def _atomic_intrinsic(op):
+    """Build an intrinsic ``old = atomicrmw <op> (uint64*)address, value`` (seq_cst).
+
+    numba has no CPU atomics of its own; this emits LLVM's ``atomicrmw`` directly (a
+    ``lock or``/``lock and``/``xchg`` on x86), so no other thread's update of the same
+    word can be lost.
+    """
+
+    @intrinsic
+    def rmw(typingctx, address, value):
+        def codegen(context, builder, signature, args):
+            ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+            val = context.cast(builder, args[1], signature.args[1], types.uint64)
+            return builder.atomic_rmw(op, ptr, val, "seq_cst")
+
+        return types.uint64(types.int64, value), codegen
+
+    return rmw
+
+
+_atomic_or = _atomic_intrinsic("or")
+_atomic_and = _atomic_intrinsic("and")
+_atomic_xchg = _atomic_intrinsic("xchg")
+
+
+@intrinsic
+def _atomic_load(typingctx, address):
+    """Load 8 bytes atomically (``monotonic``): never torn, never cached by LLVM."""
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(ptr, "monotonic", 8)
+
+    return types.uint64(types.int64), codegen
+
+
+def _bit_intrinsic(name):
+    @intrinsic
+    def count(typingctx, value):
+        def codegen(context, builder, signature, args):
+            if name == "ctpop":
+                return builder.ctpop(args[0])
+            return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+
+        return types.int64(types.uint64), codegen
+
+    return count
+
+
+_popcount = _bit_intrinsic("ctpop")
+_trailing_zeros = _bit_intrinsic("cttz")
+
+_ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+
 @njit(cache=True, nogil=True)
 def _copy(src, dst, size):
     """Copy ``size`` bytes between host addresses, widest accesses first."""
@@ -72,7 +140,7 @@ def _copy(src, dst, size):
 
 
 @njit(cache=True, nogil=True)
-def locate(starts, ends, hosts, addrs, size, host_out):
+def locate(starts, ends, hosts, addrs, size, host_out, region_out):
     """Translate each guest address to a host address, proving ``[addr, addr + size)`` backed.
 
     Parameters
@@ -87,6 +155,8 @@ def locate(starts, ends, hosts, addrs, size, host_out):
         Bytes needed at each address (>= 1).
     host_out : int64[m]
         Receives the host address of each guest address.
+    region_out : int64[m]
+        Receives the index of the region holding each guest address.
 
     Returns
     -------
@@ -125,6 +195,7 @@ def locate(starts, ends, hosts, addrs, size, host_out):
                 return k, straddlers
             straddlers += 1
         host_out[k] = hosts[i] + np.int64(a - starts[i])
+        region_out[k] = i
     return -1, straddlers
 
 
@@ -228,3 +299,198 @@ def scatter(host, region, hosts, lens, size, values):
         Source.
     """
     _move(host, region, hosts, lens, size, np.int64(values.ctypes.data), True)
+
+
+# -- dirty bitmaps: bit ``i % 64`` of word ``i // 64`` is page ``i`` --------------------------
+
+
+@njit(cache=True, nogil=True)
+def _range_masks(words, first, last, to_set):
+    """Atomically set (or clear) bits ``first..last`` (inclusive) of the words at ``words``."""
+    w0 = first >> 6
+    w1 = last >> 6
+    for w in range(w0, w1 + 1):
+        lo = first - (w << 6) if w == w0 else 0
+        hi = last - (w << 6) if w == w1 else 63
+        mask = (_ALL >> np.uint64(63 - hi)) & (_ALL << np.uint64(lo))
+        if to_set:
+            _atomic_or(words + (w << 3), mask)
+        else:
+            _atomic_and(words + (w << 3), ~mask)
+
+
+@njit(cache=True, nogil=True)
+def bitmap_set(words, first, last):
+    """Set bits ``first..last`` (inclusive, ``first <= last < nbits``) atomically.
+
+    ``words`` is the host address of the bitmap's ``uint64`` words; one atomic OR per word.
+    """
+    _range_masks(words, first, last, True)
+
+
+@njit(cache=True, nogil=True)
+def bitmap_mark_ranges(words, nbits, shift, offsets, lengths):
+    """Set the bits of the pages touching each ``[offsets[k], offsets[k] + lengths[k])``.
+
+    ``offsets`` and ``lengths`` are non-negative ``int64`` arrays; pages past ``nbits``
+    are ignored.
+    """
+    for k in range(offsets.shape[0]):
+        if lengths[k] > 0:
+            first = offsets[k] >> shift
+            last = min((offsets[k] + lengths[k] - 1) >> shift, nbits - 1)
+            if first <= last:
+                _range_masks(words, first, last, True)
+
+
+@njit(cache=True, nogil=True)
+def bitmap_clear(words, pages, first, last):
+    """Clear pages ``first..last`` (inclusive, ``first <= last < nbits``).
+
+    Bits of the packed words at host address ``words`` go with atomic ANDs, bytes of
+    the page byte map ``pages`` (``uint8``) with plain byte stores.
+    """
+    _range_masks(words, first, last, False)
+    pages[first : last + 1] = 0
+
+
+_PACK8 = np.uint64(0x0102040810204080)  # 8 bytes of 0/1 -> 8 bits, by one multiply
+
+
+@njit(cache=True, nogil=True)
+def _pack8(x):
+    """Pack the 8 bytes (each 0 or 1) of ``x`` into 8 bits: byte ``k`` -> bit ``k``."""
+    return (x * _PACK8) >> np.uint64(56)
+
+
+@njit(cache=True, nogil=True)
+def bitmap_take(words, pages, out):
+    """Atomically take-and-clear the bitmap into ``out`` (``uint64[nwords]``).
+
+    ``words`` is the host address of the packed words, ``pages`` that of the page byte
+    map (one byte per page, 64 per word; the lane of Python's scalar marks).  A word read
+    as zero is skipped: a mark landing after that read stays for the next take.  A
+    nonzero word is exchanged with zero, so every mark ends up either in ``out`` or
+    still in the bitmap -- never in neither.  Returns the number of set bits.
+    """
+    total = 0
+    for w in range(out.shape[0]):
+        at = words + (w << 3)
+        v = _atomic_load(at)
+        if v:
+            v = _atomic_xchg(at, 0)
+        for j in range(8):
+            pat = pages + (w << 6) + (j << 3)
+            b = _atomic_load(pat)
+            if b:
+                v |= _pack8(_atomic_xchg(pat, 0)) << np.uint64(j << 3)
+        total += _popcount(v)
+        out[w] = v
+    return total
+
+
+@njit(cache=True, nogil=True)
+def bitmap_fold(words, pages):
+    """Return a snapshot of the packed words with the page byte map folded in.
+
+    ``words`` is ``uint64[nwords]``, ``pages`` the byte map viewed as ``uint64[8 * nwords]``.
+    """
+    out = words.copy()
+    for w in range(out.shape[0]):
+        for j in range(8):
+            b = pages[(w << 3) + j]
+            if b:
+                out[w] |= _pack8(b) << np.uint64(j << 3)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def bitmap_count(words):
+    """Count the set bits of a ``uint64`` word array."""
+    total = 0
+    for w in range(words.shape[0]):
+        total += _popcount(words[w])
+    return total
+
+
+@njit(cache=True, nogil=True)
+def bitmap_pages(words, out):
+    """Write the index of every set bit, ascending, into ``out`` (sized by :func:`bitmap_count`)."""
+    n = 0
+    for w in range(words.shape[0]):
+        x = words[w]
+        while x:
+            out[n] = (w << 6) + _trailing_zeros(x)
+            x &= x - np.uint64(1)
+            n += 1
+
+
+@njit(cache=True, nogil=True)
+def bitmap_ranges(words, shift, byte_size):
+    """Coalesced dirty byte ranges: an ``(n, 2)`` ``uint64`` array of ``(start, length)``.
+
+    Page ``i`` covers bytes ``[i << shift, (i + 1) << shift)``, cut at ``byte_size``.
+    Runs are found from their edges: bit ``b`` of ``x ^ (x << 1 | carry)`` is set where
+    a run starts or ends, so edges alternate start, end, start...; each word's edges are
+    decoded four per loop turn into a buffer with slack (few mispredicted branches).
+    """
+    one = np.uint64(1)
+    n = 0
+    carry = np.uint64(0)
+    for w in range(words.shape[0]):
+        x = words[w]
+        n += _popcount(x ^ ((x << one) | carry))
+        carry = x >> np.uint64(63)
+    n += np.int64(carry)  # a run reaching the last bit ends one past it
+    edges = np.empty(n + 4, dtype=np.uint64)
+    m = 0
+    carry = np.uint64(0)
+    for w in range(words.shape[0]):
+        x = words[w]
+        t = x ^ ((x << one) | carry)
+        carry = x >> np.uint64(63)
+        base = w << 6
+        k = m
+        m += _popcount(t)
+        while t:  # writes up to 3 slots past the word's edges: overwritten or slack
+            edges[k] = (base + _trailing_zeros(t)) << shift
+            t &= t - one
+            edges[k + 1] = (base + _trailing_zeros(t)) << shift
+            t &= t - one
+            edges[k + 2] = (base + _trailing_zeros(t)) << shift
+            t &= t - one
+            edges[k + 3] = (base + _trailing_zeros(t)) << shift
+            t &= t - one
+            k += 4
+    if carry:
+        edges[m] = words.shape[0] << (6 + shift)
+    out = edges[:n].reshape(n >> 1, 2)
+    end = np.uint64(byte_size)
+    for j in range(n >> 1):
+        out[j, 1] = min(out[j, 1], end) - out[j, 0]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def mark_objects(host, region, size, hosts, lens, words, shifts, nbits):
+    """Set the dirty bits of ``size``-byte objects written at host addresses ``host``.
+
+    ``region[k]`` is the region of object ``k``; an object passing its region's end
+    continues at the start of the following (adjacent) regions.  ``words[i]`` is the host
+    address of region ``i``'s bitmap words (0: no kernel-managed bitmap), ``shifts[i]``
+    its log2 page size and ``nbits[i]`` its bit count.
+    """
+    for k in range(host.shape[0]):
+        i = region[k]
+        off = host[k] - hosts[i]
+        rem = size
+        while rem > 0:  # more than once only for objects straddling adjacent regions
+            n = min(lens[i] - off, rem)
+            if words[i] != 0:
+                first = off >> shifts[i]
+                last = min((off + n - 1) >> shifts[i], nbits[i] - 1)
+                if first <= last:
+                    _range_masks(words[i], first, last, True)
+            rem -= n
+            off = 0
+            i += 1

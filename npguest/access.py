@@ -46,9 +46,9 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .address import _u64
-from .bitmap import Bitmap
+from .bitmap import AtomicBitmap, Bitmap
 from .dtypes import _CODECS, Codec, _value_dtype, codec
-from .errors import ByteValuedError, PartialBufferError, ReadOnlyMemoryError
+from .errors import ByteValuedError, PartialBufferError, ReadOnlyMemoryError, StreamError
 from .stream import read_into, write_all
 
 __all__ = ["NO_FAST", "NO_FASTS", "NO_WINDOW", "Bytes", "Piece", "Window", "as_byte_view"]
@@ -140,6 +140,10 @@ def _read_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
     return (dtype, start, end - c.size, c.struct.unpack_from, view, base - start)  # type: ignore[union-attr]
 
 
+_NO_LANE = bytearray(1)
+"""Where untracked windows' fast path drops its page mark (index ``offset >> 64 == 0``)."""
+
+
 def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
     """Build the ``write_obj`` fast-path entry of ``dtype`` in ``window``.
 
@@ -147,15 +151,24 @@ def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
     stored through a ``memoryview`` cast to its type -- one store of its width -- and
     an unaligned one packed and copied.  Never ``struct.pack_into``: it zeroes its
     target before storing, so a concurrent reader (or the guest) could see 0.
+
+    An aligned object fits in one page when pages are at least its size, so on an
+    :class:`~npguest.bitmap.AtomicBitmap` indexed like the buffer its mark is one byte
+    store into the bitmap's page byte map; untracked windows store into a dummy byte
+    instead, so both run the same few operations.  Other bitmaps get a ``mark_dirty``
+    call.
     """
     start, end, view, base, bitmap, bbase = window
     size = c.size
     if view.readonly or c.native is None:
         return NO_FAST
     typed = view[: len(view) // size * size].cast(c.native)
+    lane, shift, other = _NO_LANE, 64, bitmap
+    if type(bitmap) is AtomicBitmap and bitmap.page_size() >= size and base == bbase:
+        lane, shift, other = bitmap._pin(), bitmap._shift, None
     return (
         dtype, start, end - size, c.struct.pack, view, base - start,  # type: ignore[union-attr]
-        bitmap, bbase - start, size, size - 1, typed, size.bit_length() - 1,
+        other, bbase - start, size, size - 1, typed, size.bit_length() - 1, lane, shift, bitmap,
     )  # fmt: skip
 
 
@@ -170,6 +183,25 @@ def _put(view: memoryview, off: int, c: Codec, value: Any) -> None:
         view[off : off + size].cast(c.native)[0] = value
     else:
         view[off : off + size] = c.struct.pack(value)  # type: ignore[union-attr]
+
+
+def _read_marked(
+    src: Any, view: memoryview, off: int, n: int, bitmap: Bitmap | None, boff: int, done: int
+) -> int:
+    """Issue one read into ``view[off:off + n]`` and mark what it wrote dirty.
+
+    A failed read marks the whole buffer (the source may have written into it before
+    failing), as vm-memory does for file descriptors.
+    """
+    try:
+        got = read_into(src, view[off : off + n], done)
+    except StreamError:
+        if bitmap is not None:
+            bitmap.mark_dirty(boff, n)
+        raise
+    if bitmap is not None and got:
+        bitmap.mark_dirty(boff, got)
+    return got
 
 
 class Bytes:
@@ -381,7 +413,7 @@ class Bytes:
             The memory is mapped read-only.
         """
         f = self._wfast
-        if dtype is f[0] and type(addr) is int and type(value) is int:
+        if dtype is f[0] and type(addr) is int:
             if not f[1] <= addr <= f[2]:
                 i = bisect_right(self._wstarts, addr) - 1
                 if i < 0:
@@ -395,10 +427,13 @@ class Bytes:
             try:  # both stores check the value first: a bad one writes nothing
                 if o & f[9]:  # unaligned: no atomicity to keep, one copy
                     f[4][o : o + f[8]] = f[3](value)
-                else:  # aligned: one store of the value's width
-                    f[10][o >> f[11]] = value
-            except (struct.error, ValueError, OverflowError):
+                    if f[14] is not None:
+                        f[14].mark_dirty(addr + f[7], f[8])
+                    return None
+                f[10][o >> f[11]] = value  # aligned: one store of the value's width
+            except (struct.error, TypeError, ValueError, OverflowError):
                 return self._write_obj(value, addr, dtype)  # says what is wrong
+            f[12][o >> f[13]] = 1  # the page's dirty byte (a dummy when untracked)
             if f[6] is not None:
                 f[6].mark_dirty(addr + f[7], f[8])
             return None
@@ -540,9 +575,7 @@ class Bytes:
         addr = _u64(addr, "address")
         done = 0
         for view, off, n, bitmap, boff in self._writable(self._stream_pieces(addr, count), addr):
-            got = read_into(src, view[off : off + n], done)
-            if bitmap is not None and got:
-                bitmap.mark_dirty(boff, got)
+            got = _read_marked(src, view, off, n, bitmap, boff, done)
             done += got
             if got < n:
                 break
@@ -581,9 +614,9 @@ class Bytes:
         for view, off, n, bitmap, boff in self._writable(self._exact_pieces(addr, count), addr):
             filled = 0
             while filled < n:
-                got = read_into(src, view[off + filled : off + n], done + filled)
-                if bitmap is not None and got:
-                    bitmap.mark_dirty(boff + filled, got)
+                got = _read_marked(
+                    src, view, off + filled, n - filled, bitmap, boff + filled, done + filled
+                )
                 if not got:
                     raise self._short_stream(count, done + filled)
                 filled += got

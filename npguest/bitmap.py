@@ -1,4 +1,4 @@
-"""Dirty-page bitmaps: the :class:`Bitmap` protocol, :class:`NoBitmap` and :class:`BitmapSlice`.
+"""Dirty-page bitmaps: the Bitmap protocol, NoBitmap, AtomicBitmap and BitmapSlice.
 
 Every region carries a bitmap indexed by the byte offset inside the region, and every
 npguest write path marks the bytes it wrote (``mark_dirty(offset, length)``).  Reads
@@ -8,19 +8,46 @@ are not tracked; call ``mark_dirty`` yourself after them.
 :class:`NoBitmap` (the default) tracks nothing and costs nothing: npguest's write paths
 skip the call entirely when a region has no bitmap.  A bitmap class is chosen at
 construction as a factory ``factory(byte_size, page_size) -> Bitmap`` (e.g.
-``GuestMemoryMmap.from_ranges(ranges, bitmap=SomeBitmap, page_size=4096)``).
+``GuestMemoryMmap.from_ranges(ranges, bitmap=AtomicBitmap, page_size=4096)``).
+
+:class:`AtomicBitmap` keeps one bit per page packed into ``uint64`` words (bit ``i % 64``
+of word ``i // 64`` is page ``i``).  Bits are set and cleared by numba kernels that
+release the GIL and use atomic read-modify-write instructions, so concurrent writers
+never lose a bit and :meth:`AtomicBitmap.get_and_reset` never drops a concurrent mark.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from types import ModuleType
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Bitmap", "BitmapFactory", "BitmapSlice", "NoBitmap", "bitmap_or_none", "mark_many"]
+from .errors import BitmapError
+
+__all__ = [
+    "AtomicBitmap",
+    "Bitmap",
+    "BitmapFactory",
+    "BitmapSlice",
+    "NoBitmap",
+    "bitmap_or_none",
+    "mark_many",
+]
 
 _MOD = 1 << 64
+_kernels: ModuleType | None = None
+
+
+def _k() -> ModuleType:
+    """Return the kernel module, imported (with numba) on first use."""
+    global _kernels
+    if _kernels is None:
+        from . import _kernels as module
+
+        _kernels = module
+    return _kernels
 
 
 @runtime_checkable
@@ -205,6 +232,441 @@ class BitmapSlice:
 
     def __repr__(self) -> str:
         return f"BitmapSlice({self.inner!r}, {self.offset:#x})"
+
+
+def _count(name: str, value: Any) -> int:
+    """Validate a non-negative integer argument."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < 0:
+        raise BitmapError(name, value, "must not be negative")
+    return value
+
+
+def _negative(start: int, length: int) -> NoReturn:
+    """Raise the error of a negative ``start`` or ``length``."""
+    if start < 0:
+        raise BitmapError("offset", start, "must not be negative")
+    raise BitmapError("length", length, "must not be negative")
+
+
+class AtomicBitmap:
+    """One dirty bit per page, packed into ``uint64`` words (vm-memory's ``AtomicBitmap``).
+
+    Bit ``i % 64`` of word ``i // 64`` is page ``i``: bytes ``[i * page_size, (i + 1) *
+    page_size)``.  Offsets past the end are ignored, as in vm-memory.
+
+    Marks take one of two lanes, both lossless under threads.  Ranges (``write_slice``,
+    batch writes) are set in the packed words by kernels that release the GIL and use
+    atomic ORs.  A single page marked from Python (a scalar ``write_obj``) is one plain
+    byte store into a page byte map: no read-modify-write, so nothing to lose, and far
+    cheaper than a kernel call.  Every query folds the byte map in, and
+    :meth:`get_and_reset` takes both with atomic exchanges: a mark racing with it lands
+    either in the returned words or in the bitmap afterwards, never in neither.
+
+    Parameters
+    ----------
+    byte_size : int
+        Bytes covered (the region's size); ``ceil(byte_size / page_size)`` bits.
+    page_size : int, optional
+        Bytes per bit: any power of two >= 1 (default 4096; 2 MiB for huge pages).
+
+    Raises
+    ------
+    BitmapError
+        ``page_size`` is not a power of two, or a size is negative.
+    TypeError
+        A size is not an integer.
+
+    Examples
+    --------
+    >>> b = AtomicBitmap(1025, 128)
+    >>> b.len()
+    9
+    >>> b.set_addr_range(128, 129)          # bytes 128..256: pages 1 and 2
+    >>> b.dirty_ranges().tolist()
+    [[128, 256]]
+    >>> [hex(w) for w in b.get_and_reset()]
+    ['0x6']
+    >>> b.count()
+    0
+    """
+
+    __slots__ = (
+        "_byte_size",
+        "_nbits",
+        "_page_size",
+        "_pages",
+        "_pinned",
+        "_pptr",
+        "_ptr",
+        "_pv",
+        "_shift",
+        "_words",
+        "_wv",
+    )
+
+    def __init__(self, byte_size: int, page_size: int = 4096) -> None:
+        page_size = _count("page_size", page_size)
+        if page_size < 1 or page_size & (page_size - 1):
+            raise BitmapError("page_size", page_size, "must be a power of two >= 1")
+        self._page_size = page_size
+        self._shift = page_size.bit_length() - 1
+        self._pinned = False
+        self._resize(_count("byte_size", byte_size))
+
+    def _resize(self, byte_size: int) -> None:
+        """Size the words and the page byte map for ``byte_size``, keeping the bits."""
+        nbits = -(-byte_size // self._page_size)
+        nwords = max(-(-nbits // 64), 1)  # never 0 words: always a valid pointer
+        words = np.zeros(nwords, dtype=np.uint64)
+        pages = np.zeros(nwords * 64, dtype=np.uint8)
+        if hasattr(self, "_words"):
+            words[: self._words.shape[0]] = self._fold()
+        self._byte_size, self._nbits = byte_size, nbits
+        self._words, self._pages = words, pages
+        self._wv = memoryview(words).cast("B").cast("Q")
+        self._pv = memoryview(pages)
+        self._ptr, self._pptr = words.ctypes.data, pages.ctypes.data
+
+    def _pin(self) -> memoryview:
+        """Return the page byte map for a fast path to keep; :meth:`enlarge` then refuses."""
+        self._pinned = True
+        return self._pv
+
+    def _fold(self) -> np.ndarray:
+        """Return a snapshot of all the words (the page byte map folded in)."""
+        return _k().bitmap_fold(self._words, self._pages.view(np.uint64))
+
+    # -- vm-memory's methods ---------------------------------------------------------------
+    def len(self) -> int:
+        """Return the number of bits (pages).
+
+        Returns
+        -------
+        int
+            ``ceil(byte_size / page_size)``.
+        """
+        return self._nbits
+
+    def __len__(self) -> int:
+        return self._nbits
+
+    def byte_size(self) -> int:
+        """Return the number of bytes covered.
+
+        Returns
+        -------
+        int
+            The byte size.
+        """
+        return self._byte_size
+
+    def page_size(self) -> int:
+        """Return the bytes per bit.
+
+        Returns
+        -------
+        int
+            The page size.
+        """
+        return self._page_size
+
+    def set_addr_range(self, start: int, length: int) -> None:
+        """Mark the pages touching ``[start, start + length)`` dirty.
+
+        Pages past the end are ignored; ``length == 0`` marks nothing.
+
+        Parameters
+        ----------
+        start : int
+            First byte offset.
+        length : int
+            Bytes.
+
+        Raises
+        ------
+        BitmapError
+            ``start`` or ``length`` is negative.
+        """
+        if length > 0 and start >= 0:
+            first = start >> self._shift
+            if first < self._nbits:
+                last = (start + length - 1) >> self._shift
+                if first == last:  # one page: one byte store
+                    self._pv[first] = 1
+                else:
+                    _k().bitmap_set(self._ptr, int(first), int(min(last, self._nbits - 1)))
+        elif start < 0 or length < 0:
+            _negative(start, length)
+
+    mark_dirty = set_addr_range
+
+    def reset_addr_range(self, start: int, length: int) -> None:
+        """Clear the pages touching ``[start, start + length)``.
+
+        Parameters
+        ----------
+        start : int
+            First byte offset.
+        length : int
+            Bytes.
+
+        Raises
+        ------
+        BitmapError
+            ``start`` or ``length`` is negative.
+        """
+        if start < 0 or length < 0:
+            _negative(start, length)
+        first = start >> self._shift
+        if length and first < self._nbits:
+            self._clear(first, min((start + length - 1) >> self._shift, self._nbits - 1))
+
+    def _clear(self, first: int, last: int) -> None:
+        _k().bitmap_clear(self._ptr, self._pages, int(first), int(last))
+
+    def set_bit(self, index: int) -> None:
+        """Set bit ``index`` (ignored past the end).
+
+        Parameters
+        ----------
+        index : int
+            A page index.
+        """
+        if 0 <= index < self._nbits:
+            self._pv[index] = 1
+
+    def reset_bit(self, index: int) -> None:
+        """Clear bit ``index`` (ignored past the end).
+
+        Parameters
+        ----------
+        index : int
+            A page index.
+        """
+        if 0 <= index < self._nbits:
+            self._clear(index, index)
+
+    def is_bit_set(self, index: int) -> bool:
+        """Return whether bit ``index`` is set (``False`` past the end).
+
+        Parameters
+        ----------
+        index : int
+            A page index.
+
+        Returns
+        -------
+        bool
+            The bit.
+        """
+        if not 0 <= index < self._nbits:
+            return False
+        return bool(self._pv[index] or (self._wv[index >> 6] >> (index & 63)) & 1)
+
+    def is_addr_set(self, addr: int) -> bool:
+        """Return whether the page holding byte ``addr`` is dirty.
+
+        Parameters
+        ----------
+        addr : int
+            A byte offset.
+
+        Returns
+        -------
+        bool
+            The page's bit (``False`` past the end).
+        """
+        return addr >= 0 and self.is_bit_set(addr >> self._shift)
+
+    dirty_at = is_addr_set
+
+    def get_and_reset(self) -> np.ndarray:
+        """Atomically take and clear every word.
+
+        A mark racing with this call lands either in the returned words or in the bitmap
+        afterwards, never in neither.
+
+        Returns
+        -------
+        numpy.ndarray
+            The ``uint64`` words (bit ``i % 64`` of word ``i // 64`` is page ``i``).
+        """
+        out = np.empty(-(-self._nbits // 64), dtype=np.uint64)
+        _k().bitmap_take(self._ptr, self._pptr, out)
+        return out
+
+    def reset(self) -> None:
+        """Clear every bit."""
+        if self._nbits:
+            self._clear(0, self._nbits - 1)
+
+    def enlarge(self, additional_bytes: int) -> None:
+        """Grow the byte size by ``additional_bytes``; the new bits start clear.
+
+        Like vm-memory's (which needs ``&mut self``), this must not run while other
+        threads mark or reset this bitmap: their marks could land in the old words.  A
+        bitmap that memory objects already write through (their scalar fast path keeps
+        its page byte map) cannot grow: build a new one instead.
+
+        Parameters
+        ----------
+        additional_bytes : int
+            Bytes to add.
+
+        Raises
+        ------
+        BitmapError
+            ``additional_bytes`` is negative, or the bitmap is in use by a fast path.
+        """
+        extra = _count("additional_bytes", additional_bytes)
+        if extra and self._pinned:
+            raise BitmapError(
+                "additional_bytes", extra, "memory objects write through this bitmap's words"
+            )
+        if extra:
+            self._resize(self._byte_size + extra)
+
+    def slice_at(self, offset: int) -> BitmapSlice:
+        """Return a view of this bitmap at byte ``offset``.
+
+        Parameters
+        ----------
+        offset : int
+            The view's origin.
+
+        Returns
+        -------
+        BitmapSlice
+            The view.
+        """
+        return BitmapSlice(self, offset)
+
+    # -- array-valued queries ---------------------------------------------------------------
+    def snapshot(self) -> np.ndarray:
+        """Return the packed words as they are now (a copy; nothing is reset).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``uint64`` words, bit ``i % 64`` of word ``i // 64`` = page ``i``.
+        """
+        return self._fold()[: -(-self._nbits // 64)]
+
+    def count(self) -> int:
+        """Return the number of dirty pages.
+
+        Returns
+        -------
+        int
+            Set bits.
+        """
+        return int(_k().bitmap_count(self._fold()))
+
+    def dirty_pages(self) -> np.ndarray:
+        """Return the indices of the dirty pages, ascending.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``uint64`` page indices.
+        """
+        words = self._fold()
+        out = np.empty(_k().bitmap_count(words), dtype=np.int64)
+        _k().bitmap_pages(words, out)
+        return out.view(np.uint64)
+
+    def dirty_ranges(self) -> np.ndarray:
+        """Return the dirty bytes as coalesced ``(start, length)`` ranges.
+
+        Adjacent dirty pages form one range; the last page is cut at :meth:`byte_size`.
+
+        Returns
+        -------
+        numpy.ndarray
+            A ``(n, 2)`` ``uint64`` array of byte offsets and lengths.
+        """
+        return self.ranges_of(self.snapshot())
+
+    def get_and_reset_ranges(self) -> np.ndarray:
+        """Atomically take and clear the bitmap, and return what was dirty as ranges.
+
+        Returns
+        -------
+        numpy.ndarray
+            A ``(n, 2)`` ``uint64`` array of ``(start, length)`` byte ranges.
+        """
+        return self.ranges_of(self.get_and_reset())
+
+    def ranges_of(self, words: np.ndarray) -> np.ndarray:
+        """Decode words of this bitmap's shape (e.g. from :meth:`get_and_reset`) as ranges.
+
+        Parameters
+        ----------
+        words : numpy.ndarray
+            ``uint64`` words, as many as the bitmap has.
+
+        Returns
+        -------
+        numpy.ndarray
+            A ``(n, 2)`` ``uint64`` array of ``(start, length)`` byte ranges.
+
+        Raises
+        ------
+        BitmapError
+            ``words`` has the wrong dtype or length.
+        """
+        nwords = -(-self._nbits // 64)
+        if not (
+            isinstance(words, np.ndarray) and words.dtype == np.uint64 and words.shape == (nwords,)
+        ):
+            shape = getattr(words, "shape", type(words).__name__)
+            raise BitmapError("words", shape, f"need a uint64 array of {nwords} words")
+        words = np.ascontiguousarray(words)
+        return _k().bitmap_ranges(words, self._shift, self._byte_size)
+
+    def mark_dirty_many(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Mark many ``[offset, offset + length)`` ranges dirty in one kernel call.
+
+        Parameters
+        ----------
+        offsets, lengths : numpy.ndarray
+            Non-negative integer arrays of equal length.
+
+        Raises
+        ------
+        BitmapError
+            The arrays differ in length or hold a negative value.
+        """
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64).reshape(-1)
+        if offsets.shape != lengths.shape:
+            raise BitmapError("lengths", lengths.shape[0], f"need {offsets.shape[0]} lengths")
+        if offsets.size and min(offsets.min(), lengths.min()) < 0:
+            _negative(int(offsets.min()), int(lengths.min()))
+        _k().bitmap_mark_ranges(self._ptr, self._nbits, self._shift, offsets, lengths)
+
+    def copy(self) -> AtomicBitmap:
+        """Return an independent snapshot copy (vm-memory's ``Clone``).
+
+        Returns
+        -------
+        AtomicBitmap
+            A bitmap with the same size, page size and bits.
+        """
+        new = AtomicBitmap(self._byte_size, self._page_size)
+        new._words[:] = self._fold()
+        return new
+
+    __copy__ = copy
+
+    def __repr__(self) -> str:
+        return (
+            f"AtomicBitmap(byte_size={self._byte_size}, page_size={self._page_size}, "
+            f"dirty={self.count()}/{self._nbits})"
+        )
 
 
 def bitmap_or_none(bitmap: Bitmap | None) -> Bitmap | None:

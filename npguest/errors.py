@@ -14,6 +14,7 @@ pickles and crosses process boundaries unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "BitmapError",
     "ByteValuedError",
     "CallbackOutOfRangeError",
     "CannotResolveError",
@@ -411,6 +412,29 @@ class ReadOnlyMemoryError(MmapRegionError, PermissionError):
 
     def _message(self) -> str:
         return f"cannot write at {_hex(self.addr)}: the mapping is read-only"
+
+
+class BitmapError(GuestMemoryError, ValueError):
+    """A dirty bitmap was given a bad size, page size or offset.
+
+    Parameters
+    ----------
+    field : str
+        The argument at fault (``"page_size"``, ``"byte_size"``, ``"offset"``...).
+    value : int
+        Its value.
+    reason : str
+        What is wrong with it.
+    """
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(field, value, reason)
+        self.field = field
+        self.value = value
+        self.reason = reason
+
+    def _message(self) -> str:
+        return f"bad bitmap {self.field} {self.value!r}: {self.reason}"
 
 
 class ByteValuedError(GuestMemoryError, TypeError):

@@ -641,9 +641,9 @@ class GuestMemoryMmap(Bytes):
         out_bytes = out.reshape(-1).view(np.uint8)
         from . import _kernels
 
-        for start, stop, host, region in _checks.located(t, flat, c.size):
+        for start, stop, host, straddling, _ in _checks.located(t, flat, c.size):
             dst = out_bytes[start * c.size : stop * c.size]
-            _kernels.gather(host, region, t.hosts, t.lens, c.size, dst)
+            _kernels.gather(host, straddling, t.hosts, t.lens, c.size, dst)
         return out
 
     def write_objs(self, values: Any, addrs: Any, dtype: DTypeLike | None = None) -> None:
@@ -685,31 +685,34 @@ class GuestMemoryMmap(Bytes):
         in_bytes = vals.reshape(-1).view(np.uint8)
         from . import _kernels
 
-        for start, stop, host, region in _checks.located(t, flat, c.size):
+        for start, stop, host, straddling, region in _checks.located(t, flat, c.size):
             src = in_bytes[start * c.size : stop * c.size]
-            _kernels.scatter(host, region, t.hosts, t.lens, c.size, src)
-        self._mark_objects(flat, c.size)
+            _kernels.scatter(host, straddling, t.hosts, t.lens, c.size, src)
+            if t.tracked:  # AtomicBitmaps: atomic ORs straight into their words
+                _kernels.mark_objects(
+                    host, region, c.size, t.hosts, t.lens, t.words, t.shifts, t.nbits
+                )
+        if t.others:
+            self._mark_objects(flat, c.size)
 
     def _mark_objects(self, addrs: np.ndarray, size: int) -> None:
-        """Mark each written object's bytes dirty in the bitmaps of the regions it touched."""
+        """Mark written objects in the regions whose bitmaps are not AtomicBitmaps."""
         t = self._table
         regions = t.regions
-        if all(r._bitmap is None for r in regions):
-            return
         region = _checks.region_indices(t, addrs)
         offset = (addrs - t.starts[region]).astype(np.int64)
         head = np.minimum(t.lens[region] - offset, size)
         order = np.argsort(region, kind="stable")
         bounds = np.searchsorted(region[order], np.arange(len(regions) + 1))
-        for i, r in enumerate(regions):
-            if r._bitmap is not None and bounds[i] < bounds[i + 1]:
+        for i in t.others:
+            if bounds[i] < bounds[i + 1]:
                 sel = order[bounds[i] : bounds[i + 1]]
-                mark_many(r._bitmap, offset[sel], head[sel])
+                mark_many(regions[i]._bitmap, offset[sel], head[sel])
         for k in np.flatnonzero(head < size).tolist():  # the rare objects spilling over
             i, rem = int(region[k]) + 1, size - int(head[k])
             while rem > 0:
                 n = min(int(t.lens[i]), rem)
-                if regions[i]._bitmap is not None:
+                if i in t.others:
                     regions[i]._bitmap.mark_dirty(0, n)
                 rem, i = rem - n, i + 1
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .address import U64_MAX, GuestAddress, MemoryRegionAddress, _u64
-from .bitmap import Bitmap, BitmapFactory, BitmapSlice, NoBitmap
+from .bitmap import AtomicBitmap, Bitmap, BitmapFactory, BitmapSlice, NoBitmap
 from .errors import (
     InvalidBackendAddressError,
     InvalidGuestRegionError,
@@ -496,7 +496,20 @@ class RegionTable:
         ``uint64`` start and exclusive end addresses.
     """
 
-    __slots__ = ("_ends_t", "_starts_t", "ends", "hosts", "lens", "regions", "starts")
+    __slots__ = (
+        "_ends_t",
+        "_starts_t",
+        "ends",
+        "hosts",
+        "lens",
+        "nbits",
+        "others",
+        "regions",
+        "shifts",
+        "starts",
+        "tracked",
+        "words",
+    )
 
     def __init__(self, regions: Iterable[GuestRegionMmap] = ()) -> None:
         regions = tuple(regions)
@@ -515,7 +528,36 @@ class RegionTable:
         self.ends = np.array(self._ends_t, dtype=np.uint64)
         self.lens = np.array([r._len for r in regions], dtype=np.int64)
         self.hosts = np.array([r._host for r in regions], dtype=np.int64)
-        for a in (self.starts, self.ends, self.lens, self.hosts):
+        # dirty tracking for batch writes: a kernel marks AtomicBitmaps through the host
+        # address of their words (pinned, so they never move); other bitmaps by method
+        words, shifts, nbits, others = [], [], [], []
+        for i, r in enumerate(regions):
+            b = r._bitmap
+            if type(b) is AtomicBitmap:
+                b._pin()
+                words.append(b._ptr)
+                shifts.append(b._shift)
+                nbits.append(b.len())
+            else:
+                words.append(0)
+                shifts.append(0)
+                nbits.append(0)
+                if b is not None:
+                    others.append(i)
+        self.words = np.array(words, dtype=np.int64)
+        self.shifts = np.array(shifts, dtype=np.int64)
+        self.nbits = np.array(nbits, dtype=np.int64)
+        self.tracked = any(words)
+        self.others = tuple(others)
+        for a in (
+            self.starts,
+            self.ends,
+            self.lens,
+            self.hosts,
+            self.words,
+            self.shifts,
+            self.nbits,
+        ):
             a.flags.writeable = False
 
     def inserted(self, region: GuestRegionMmap) -> RegionTable:

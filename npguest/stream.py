@@ -62,7 +62,8 @@ def read_into(src: Source | int | Any, view: memoryview, done: int = 0) -> int:
     Raises
     ------
     StreamError
-        The read failed, or a non-blocking source had no data.
+        The read failed, a non-blocking source had no data, or the source reported a
+        byte count outside ``[0, len(view)]``.
     TypeError
         ``src`` is not a binary source.
     """
@@ -85,6 +86,8 @@ def read_into(src: Source | int | Any, view: memoryview, done: int = 0) -> int:
         raise StreamError(f"read failed: {exc}", done) from exc
     if n is None:
         raise StreamError("non-blocking source had no data ready", done)
+    if not isinstance(n, int) or not 0 <= n <= len(view):
+        raise StreamError(f"the source reported reading {n!r} bytes into {len(view)}", done)
     return n
 
 
@@ -108,7 +111,8 @@ def write_all(dst: Sink | int | Any, view: memoryview, done: int = 0) -> int:
     Raises
     ------
     StreamError
-        A write failed or wrote nothing (vm-memory's ``WriteZero``).
+        A write failed, wrote nothing (vm-memory's ``WriteZero``), or the sink reported
+        a byte count it cannot have written.
     TypeError
         ``dst`` is not a binary sink.
     """
@@ -134,6 +138,10 @@ def write_all(dst: Sink | int | Any, view: memoryview, done: int = 0) -> int:
                 raise StreamError("non-blocking sink would block", done + written)
             if n == 0:
                 raise StreamError("failed to write whole buffer", done + written)
+            if not isinstance(n, int) or not 0 < n <= total - written:
+                raise StreamError(
+                    f"the sink reported writing {n!r} bytes of {total - written}", done + written
+                )
             written += n
     except OSError as exc:
         if isinstance(exc, StreamError):

@@ -516,3 +516,40 @@ def test_batch_matches_scalar(data):
         assert ei.value.addr == want[1]
     assert snapshot(a) == snapshot(b)
     assert dirty_bytes(a) == dirty_bytes(b)
+
+
+def test_close_while_a_batch_runs_is_refused():
+    """The batch kernels run without the GIL on raw host addresses: closing the memory
+    meanwhile must be refused (never unmap under a running kernel)."""
+    import threading
+
+    mem = GuestMemoryMmap.from_ranges([(0, 64 << 20)])
+    addrs = np.random.default_rng(3).integers(0, (64 << 20) - 8, 4 << 20).astype(np.uint64)
+    done = threading.Event()
+    errors = []
+
+    def reader():
+        try:
+            for _ in range(3):
+                mem.read_objs(addrs, "<u8")
+                mem.write_objs(np.uint64(7), addrs, "<u8")
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    refused = 0
+    while not done.is_set():
+        try:
+            mem.close()
+        except MmapRegionError:
+            refused += 1
+        else:
+            break
+    t.join()
+    mem.close()
+    # the reader either finished or saw the memory closed between calls -- nothing else
+    assert all(isinstance(e, InvalidGuestAddressError | MmapRegionError) for e in errors), errors
+    assert refused or errors

@@ -13,6 +13,7 @@ from _support import readonly_file_memory
 
 import npguest
 from npguest import (
+    AtomicBitmap,
     FileOffset,
     GuestAddress,
     GuestMemoryMmap,
@@ -21,6 +22,7 @@ from npguest import (
     errors,
 )
 from npguest.errors import (
+    BitmapError,
     ByteValuedError,
     CallbackOutOfRangeError,
     CannotResolveError,
@@ -75,6 +77,7 @@ HIERARCHY = {
     MmapRegionError: ((), (OSError,)),
     ReadOnlyMemoryError: ((MmapRegionError,), (OSError, PermissionError)),
     ByteValuedError: ((), (TypeError,)),
+    BitmapError: ((), (ValueError,)),
     IommuError: ((), ()),
     CannotResolveError: ((IommuError,), (IndexError,)),
     InaccessibleError: ((IommuError,), (PermissionError,)),
@@ -139,6 +142,11 @@ SAMPLES = {
         ["mapping size 0 is invalid"],
     ),
     ReadOnlyMemoryError: ((0x10010,), {"addr": 0x10010}, ["0x10010", "read-only"]),
+    BitmapError: (
+        ("page_size", 3, "must be a power of two >= 1"),
+        {"field": "page_size", "value": 3, "reason": "must be a power of two >= 1"},
+        ["page_size", "3", "power of two"],
+    ),
     ByteValuedError: (
         (np.dtype("O"), "it holds Python objects"),
         {"what": np.dtype("O"), "reason": "it holds Python objects"},
@@ -526,6 +534,16 @@ def test_raises_byte_valued(mem):
     assert info.value.what == np.dtype(object)
     assert isinstance(info.value, TypeError)
     assert_pickles(info.value)
+
+
+def test_raises_bitmap_error():
+    with pytest.raises(BitmapError) as info:
+        AtomicBitmap(4096, page_size=3)
+    assert (info.value.field, info.value.value) == ("page_size", 3)
+    assert isinstance(info.value, ValueError)
+    assert_pickles(info.value)
+    with pytest.raises(BitmapError, match="offset -1"):
+        AtomicBitmap(4096).mark_dirty(-1, 1)
 
 
 def test_every_raise_is_a_guest_memory_error(mem):

@@ -180,7 +180,8 @@ def test_closed_fd_is_a_stream_error(mem):
     assert isinstance(ei.value.__cause__, OSError)
     with pytest.raises(StreamError):
         mem.write_volatile_to(0, w, 4)
-    assert dirty_span(mem) is None
+    # a failed read marks the whole buffer (the source may have written before failing)
+    assert dirty_span(mem) == (0, 4)
 
 
 # -- sockets --------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_nonblocking_socket_without_data(mem):
         with pytest.raises(StreamError) as ei:
             mem.read_exact_volatile_from(0, b, 4)
         assert isinstance(ei.value.__cause__, BlockingIOError)
-    assert dirty_span(mem) is None
+    assert dirty_span(mem) == (0, 4)
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -331,3 +332,58 @@ def test_streams_get_views_of_the_mapping(mem, direction):
         mem.write_all_volatile_to(0xFFF0, rec, 0x10020)
     hosts = [mem.get_host_address(a) for a in (0xFFF0, 0x10000, 0x20000)]
     assert rec.seen == [(hosts[0], 0x10), (hosts[1], 0x10000), (hosts[2], 0x10)]
+
+
+class Liar(io.RawIOBase):
+    """A source or sink that reports a byte count it cannot have moved."""
+
+    def __init__(self, count, payload=b"") -> None:
+        self.count, self.payload = count, payload
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, buf):
+        buf[: len(self.payload)] = self.payload
+        return self.count(len(buf))
+
+    def write(self, buf):
+        return self.count(len(buf))
+
+
+@pytest.mark.parametrize("count", [lambda n: -5, lambda n: n + 100, lambda n: 1.5])
+def test_sources_reporting_impossible_counts(mem, count):
+    """No hang, no wrapped slice, no count larger than the buffer: a StreamError."""
+    with pytest.raises(StreamError, match="reported reading"):
+        mem.read_exact_volatile_from(0xFFF0, Liar(count, b"DATA"), 0x20)
+    with pytest.raises(StreamError, match="reported reading"):
+        mem.read_volatile_from(0xFFF0, Liar(count), 0x20)
+    assert mem.read_bytes(0xFFF0, 4) == b"DATA"
+    assert dirty_span(mem) == (0xFFF0, 0x10000)  # the whole buffer the source was handed
+
+
+@pytest.mark.parametrize("count", [lambda n: -1, lambda n: n + 1, lambda n: 2.0])
+def test_sinks_reporting_impossible_counts(mem, count):
+    with pytest.raises(StreamError, match="reported writing"):
+        mem.write_volatile_to(0, Liar(count), 0x20)
+    with pytest.raises(StreamError, match="reported writing"):
+        mem.write_all_volatile_to(0, Liar(count), 0x20)
+
+
+def test_failing_source_marks_what_it_may_have_written(mem):
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf):
+            buf[:4] = b"DATA"
+            raise OSError(5, "EIO")
+
+    with pytest.raises(StreamError) as ei:
+        mem.read_volatile_from(0x20, Failing(), 0x40)
+    assert isinstance(ei.value.__cause__, OSError)
+    assert mem.read_bytes(0x20, 4) == b"DATA"
+    assert dirty_span(mem) == (0x20, 0x60)
