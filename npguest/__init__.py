@@ -24,6 +24,7 @@ from __future__ import annotations
 from . import errors
 from .access import Bytes
 from .address import U64_MAX, Address, GuestAddress, MemoryRegionAddress
+from .atomic import GuestAddressSpace, GuestMemoryAtomic, GuestMemoryExclusiveGuard
 from .bitmap import AtomicBitmap, Bitmap, BitmapSlice, NoBitmap
 from .dtypes import Be16, Be32, Be64, BeSize, Le16, Le32, Le64, LeSize, as_bytes, from_bytes
 from .errors import GuestMemoryError
@@ -47,7 +48,10 @@ __all__ = [
     "Bytes",
     "FileOffset",
     "GuestAddress",
+    "GuestAddressSpace",
+    "GuestMemoryAtomic",
     "GuestMemoryError",
+    "GuestMemoryExclusiveGuard",
     "GuestMemoryMmap",
     "GuestMemorySliceIterator",
     "GuestRegionMmap",

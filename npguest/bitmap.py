@@ -662,11 +662,22 @@ class AtomicBitmap:
 
     __copy__ = copy
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as size, page size and a snapshot of the bits (never host pointers)."""
+        return (_restore, (self._byte_size, self._page_size, self.snapshot()))
+
     def __repr__(self) -> str:
         return (
             f"AtomicBitmap(byte_size={self._byte_size}, page_size={self._page_size}, "
             f"dirty={self.count()}/{self._nbits})"
         )
+
+
+def _restore(byte_size: int, page_size: int, words: np.ndarray) -> AtomicBitmap:
+    """Rebuild a pickled :class:`AtomicBitmap`."""
+    bitmap = AtomicBitmap(byte_size, page_size)
+    bitmap._words[: words.shape[0]] = words
+    return bitmap
 
 
 def bitmap_or_none(bitmap: Bitmap | None) -> Bitmap | None:

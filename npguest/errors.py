@@ -14,6 +14,7 @@ pickles and crosses process boundaries unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "AddressSpaceError",
     "BitmapError",
     "ByteValuedError",
     "CallbackOutOfRangeError",
@@ -412,6 +413,23 @@ class ReadOnlyMemoryError(MmapRegionError, PermissionError):
 
     def _message(self) -> str:
         return f"cannot write at {_hex(self.addr)}: the mapping is read-only"
+
+
+class AddressSpaceError(GuestMemoryError, RuntimeError):
+    """A :class:`~npguest.GuestMemoryAtomic` lock was misused (spent guard, timeout).
+
+    Parameters
+    ----------
+    reason : str
+        What happened.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def _message(self) -> str:
+        return self.reason
 
 
 class BitmapError(GuestMemoryError, ValueError):

@@ -31,6 +31,7 @@ from .errors import (
     InvalidGuestAddressError,
     MmapRegionError,
     NoMemoryRegionError,
+    PartialBufferError,
 )
 from .region import GuestRegionMmap, RegionTable, regions_from_ranges
 from .volatile import VolatileSlice
@@ -715,6 +716,150 @@ class GuestMemoryMmap(Bytes):
                 if i in t.others:
                     regions[i]._bitmap.mark_dirty(0, n)
                 rem, i = rem - n, i + 1
+
+    # -- dirty tracking ------------------------------------------------------------------
+    def _tracked(self, query: str) -> Iterator[tuple[GuestRegionMmap, Any]]:
+        """Yield ``(region, bound query method)`` for every region with a bitmap."""
+        for r in self._table.regions:
+            if r._bitmap is None:
+                continue
+            method = getattr(r._bitmap, query, None)
+            if method is None:
+                raise TypeError(
+                    f"the bitmap of the region at {r._start:#x} "
+                    f"({type(r._bitmap).__name__}) has no {query}(); use AtomicBitmap"
+                )
+            yield r, method
+
+    def _guest_ranges(self, query: str) -> np.ndarray:
+        """Run a bitmap range query on every tracked region, as coalesced guest ranges."""
+        parts = []
+        for r, method in self._tracked(query):
+            ranges = method()
+            if ranges.shape[0]:
+                ranges = ranges.copy()
+                ranges[:, 0] += np.uint64(r._start)
+                parts.append(ranges)
+        if not parts:
+            return np.empty((0, 2), dtype=np.uint64)
+        ranges = np.concatenate(parts)
+        # ranges are sorted and coalesced inside each region: join those that meet at
+        # the boundary of two adjacent regions
+        starts, ends = ranges[:, 0], ranges[:, 0] + ranges[:, 1]
+        first = np.ones(ranges.shape[0], dtype=bool)
+        first[1:] = starts[1:] != ends[:-1]
+        heads = np.flatnonzero(first)
+        tails = np.append(heads[1:] - 1, ranges.shape[0] - 1)
+        return np.stack((starts[heads], ends[tails] - starts[heads]), axis=1)
+
+    def dirty_ranges(self) -> np.ndarray:
+        """Return the dirty memory as coalesced guest ``(start, length)`` ranges.
+
+        Ranges are built from each region's dirty pages (the last page cut at the
+        region's end) and joined across adjacent regions.  Regions without tracking
+        contribute nothing.
+
+        Returns
+        -------
+        numpy.ndarray
+            A ``(n, 2)`` ``uint64`` array of guest addresses and byte lengths.
+
+        Raises
+        ------
+        TypeError
+            A region's bitmap has no ``dirty_ranges`` (not an :class:`AtomicBitmap`).
+
+        Examples
+        --------
+        >>> from npguest import AtomicBitmap
+        >>> mem = GuestMemoryMmap.from_ranges([(0, 0x4000), (0x4000, 0x4000)],
+        ...                                   bitmap=AtomicBitmap)
+        >>> mem.write_slice(bytes(8), 0x3FFC)          # straddles the two regions
+        >>> mem.write_obj(1, 0x6000, '<u8')
+        >>> [(hex(a), n) for a, n in mem.dirty_ranges().tolist()]
+        [('0x3000', 8192), ('0x6000', 4096)]
+        """
+        return self._guest_ranges("dirty_ranges")
+
+    def get_and_reset_dirty(self) -> np.ndarray:
+        """Atomically take and clear every region's dirty pages, as guest ranges.
+
+        Each region's bitmap is taken with atomic exchanges: a write racing with this
+        call is either in the returned ranges or still marked afterwards.
+
+        Returns
+        -------
+        numpy.ndarray
+            A ``(n, 2)`` ``uint64`` array of guest ``(start, length)`` ranges.
+
+        Raises
+        ------
+        TypeError
+            A region's bitmap cannot be taken (not an :class:`AtomicBitmap`).
+        """
+        return self._guest_ranges("get_and_reset_ranges")
+
+    def dirty_pages(self) -> np.ndarray:
+        """Return the guest address of every dirty page, ascending.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``uint64`` guest addresses of page starts (a region's pages start at its
+            base, which need not be page aligned).
+
+        Raises
+        ------
+        TypeError
+            A region's bitmap has no ``dirty_pages`` (not an :class:`AtomicBitmap`).
+        """
+        parts = [
+            pages * np.uint64(r._bitmap.page_size()) + np.uint64(r._start)
+            for r, method in self._tracked("dirty_pages")
+            if (pages := method()).size
+        ]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+
+    def mark_dirty(self, addr: Any, length: int) -> None:
+        """Mark guest ``[addr, addr + length)`` dirty after a raw write.
+
+        Writes through raw escape hatches -- :meth:`get_host_address`, numpy views from
+        ``as_array()``, a :class:`~npguest.PtrGuard` -- bypass dirty tracking; call this
+        after them.  The range may cross adjacent regions.
+
+        Parameters
+        ----------
+        addr : int or GuestAddress
+            First byte written.
+        length : int
+            Bytes written.
+
+        Raises
+        ------
+        InvalidGuestAddressError
+            ``addr`` is not backed.
+        PartialBufferError
+            A hole or the end cuts the range short (the backed part is marked).
+        """
+        length = _u64(length, "length")
+        done = 0
+        for _, _, n, bitmap, boff in self._pieces(_u64(addr, "address"), length):
+            if bitmap is not None:
+                bitmap.mark_dirty(boff, n)
+            done += n
+        if done != length:
+            raise PartialBufferError(length, done)
+
+    def memory(self) -> GuestMemoryMmap:
+        """Return this memory (a ``GuestMemoryMmap`` is its own, immutable address space).
+
+        Returns
+        -------
+        GuestMemoryMmap
+            ``self``, so code written for :class:`~npguest.GuestAddressSpace` accepts a
+            plain memory too.
+        """
+        return self
 
     # -- Bytes hooks ---------------------------------------------------------------------
     def _pieces(self, addr: int, count: int) -> list[Piece]:

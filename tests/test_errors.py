@@ -22,6 +22,7 @@ from npguest import (
     errors,
 )
 from npguest.errors import (
+    AddressSpaceError,
     BitmapError,
     ByteValuedError,
     CallbackOutOfRangeError,
@@ -78,6 +79,7 @@ HIERARCHY = {
     ReadOnlyMemoryError: ((MmapRegionError,), (OSError, PermissionError)),
     ByteValuedError: ((), (TypeError,)),
     BitmapError: ((), (ValueError,)),
+    AddressSpaceError: ((), (RuntimeError,)),
     IommuError: ((), ()),
     CannotResolveError: ((IommuError,), (IndexError,)),
     InaccessibleError: ((IommuError,), (PermissionError,)),
@@ -142,6 +144,11 @@ SAMPLES = {
         ["mapping size 0 is invalid"],
     ),
     ReadOnlyMemoryError: ((0x10010,), {"addr": 0x10010}, ["0x10010", "read-only"]),
+    AddressSpaceError: (
+        ("this guard was already used",),
+        {"reason": "this guard was already used"},
+        ["already used"],
+    ),
     BitmapError: (
         ("page_size", 3, "must be a power of two >= 1"),
         {"field": "page_size", "value": 3, "reason": "must be a power of two >= 1"},
@@ -544,6 +551,16 @@ def test_raises_bitmap_error():
     assert_pickles(info.value)
     with pytest.raises(BitmapError, match="offset -1"):
         AtomicBitmap(4096).mark_dirty(-1, 1)
+
+
+def test_raises_address_space_error():
+    space = npguest.GuestMemoryAtomic(GuestMemoryMmap.from_ranges([(0, 0x1000)]))
+    guard = space.lock()
+    with pytest.raises(AddressSpaceError) as info:
+        space.lock(timeout=0)
+    assert isinstance(info.value, RuntimeError)
+    assert_pickles(info.value)
+    guard.release()
 
 
 def test_every_raise_is_a_guest_memory_error(mem):
