@@ -37,14 +37,18 @@ Op = Callable[[], object]
 
 
 # -- fixtures -----------------------------------------------------------------------------
-def guest_memory(total: int = GiB, n: int = N_REGIONS) -> npguest.GuestMemoryMmap:
+def guest_memory(
+    total: int = GiB, n: int = N_REGIONS, bitmap: type | None = None
+) -> npguest.GuestMemoryMmap:
     """Map ``total`` bytes of anonymous guest memory as ``n`` adjacent equal regions at 0.
 
     Adjacent regions make guest address ``a`` the same byte as offset ``a`` of a flat
-    baseline array, so both sides of a comparison use identical offsets.
+    baseline array, so both sides of a comparison use identical offsets.  ``bitmap``
+    (e.g. ``npguest.AtomicBitmap``) turns dirty tracking on, with 4 KiB pages.
     """
     size = total // n
-    return npguest.GuestMemoryMmap.from_ranges([(i * size, size) for i in range(n)])
+    ranges = [(i * size, size) for i in range(n)]
+    return npguest.GuestMemoryMmap.from_ranges(ranges, bitmap=bitmap, page_size=4096)
 
 
 def plain_mmap(size: int = GiB) -> tuple[mmap.mmap, np.ndarray]:

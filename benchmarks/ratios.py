@@ -1,6 +1,7 @@
-"""Measure every speed target of the issue in one run and print a table.
+"""Measure every speed target of the open issues in one run and print a table.
 
-Usage: ``python benchmarks/ratios.py``.  Each row times npguest and its baseline in this
+Usage: ``python benchmarks/ratios.py``.  Rows of the dirty-tracking issue start with
+``3:``; the others are the core issue's.  Each row times npguest and its baseline in this
 process, interleaved, best of many repeats (the same code as the asv suite's ``time_*``
 and ``track_*_ratio`` benchmarks, which this reuses).  The table reports; it does not
 gate: the exit status is 0 whatever the ratios, non-zero only if a measurement crashed.
@@ -17,7 +18,15 @@ import time
 from pathlib import Path
 
 if __package__:
-    from . import _common, bench_batch, bench_construct, bench_copy, bench_import, bench_scalar
+    from . import (
+        _common,
+        bench_batch,
+        bench_construct,
+        bench_copy,
+        bench_dirty,
+        bench_import,
+        bench_scalar,
+    )
 else:  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks import (
@@ -25,6 +34,7 @@ else:  # run as a script
         bench_batch,
         bench_construct,
         bench_copy,
+        bench_dirty,
         bench_import,
         bench_scalar,
     )
@@ -40,7 +50,13 @@ RATIO_ROWS = [
     (bench_batch.Batch, "write_objs", "write_objs 1M Le64 / np.put", 2.0),
     (bench_construct.FromRangesScaling, "from_ranges_size", "from_ranges 1 GiB / 16 MiB", 1.5),
     (bench_import.Import, "import", "import npguest / numpy", 1.5),
+    # issue 3: dirty tracking (AtomicBitmap) against the same call untracked
+    (bench_dirty.DirtyBatch, "write_objs", "3: write_objs 1M tracked/untracked", 2.0),
+    (bench_dirty.DirtyScalar, "write_obj", "3: write_obj tracked/untracked", 1.3),
+    (bench_dirty.DirtyCopy, "write_slice", "3: write_slice tracked/copyto", 1 / 0.85),
+    (bench_dirty.DirtyThreads, "threads", "3: write_objs 4 thr/1 thr time", 1 / 1.5),
 ]
+QUERY_LIMIT_US = 50.0
 
 RSS_LIMIT_MIB = 1.0
 HEADER = ("benchmark", "npguest", "baseline", "ratio", "target", "")
@@ -87,6 +103,16 @@ def _value_rows():
         label = f"from_ranges {total // _common.MiB} MiB RSS growth"
         yield (label, f"{grown:.2f} MiB", "0 MiB", "-", f"<= {RSS_LIMIT_MIB:g} MiB",
                _verdict(grown <= RSS_LIMIT_MIB))  # fmt: skip
+    for fraction, lane in itertools.product(*bench_dirty.DirtyQuery.params):
+        bitmap, redirty = bench_dirty.dirty_bitmap(fraction, lane)
+        where = f"{fraction:.0%} dirty, {lane} lane"
+        for label, seconds in (
+            ("dirty_ranges", bench_dirty.best_seconds(bitmap.dirty_ranges)),
+            ("get_and_reset", bench_dirty.best_seconds(bitmap.get_and_reset, redirty, 30)),
+        ):
+            us = seconds * 1e6
+            yield (f"3: {label} 1 GiB [{where}]", f"{us:.1f} us", "-", "-",
+                   f"<= {QUERY_LIMIT_US:g} us", _verdict(us <= QUERY_LIMIT_US))  # fmt: skip
     loaded = _common.numba_modules_after_import("npguest")
     yield ("import npguest loads numba", f"{loaded} modules", "0 modules", "-", "== 0",
            _verdict(loaded == 0))  # fmt: skip
@@ -95,7 +121,7 @@ def _value_rows():
 def main() -> int:
     """Measure, print the table row by row, return 0."""
     t0 = time.perf_counter()
-    widths = (34, 10, 10, 6, 10, 4)
+    widths = (46, 10, 10, 6, 10, 4)
 
     def show(row):
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)), flush=True)

@@ -464,11 +464,11 @@ def bitmap_ranges(words, shift, byte_size):
             k += 4
     if carry:
         edges[m] = words.shape[0] << (6 + shift)
-    out = edges[:n].reshape(n >> 1, 2)
-    end = np.uint64(byte_size)
-    for j in range(n >> 1):
-        out[j, 1] = min(out[j, 1], end) - out[j, 0]
-    return out
+    if n:  # only the last run can pass the end of the last, partial page
+        edges[n - 1] = min(edges[n - 1], np.uint64(byte_size))
+    for j in range(0, n, 2):  # ends become lengths
+        edges[j + 1] -= edges[j]
+    return edges[:n].reshape(n >> 1, 2)
 
 
 @njit(cache=True, nogil=True)
