@@ -378,10 +378,12 @@ class Bytes:
 
         Raises
         ------
+        GuestAddressOverflowError
+            ``count`` is negative or not below ``2**64``.
         PartialBufferError, InvalidGuestAddressError, InvalidBackendAddressError
             As :meth:`read_slice`.
         """
-        buf = bytearray(count)
+        buf = bytearray(_u64(count, "count"))
         self.read_slice(buf, addr)
         return bytes(buf)
 
@@ -451,7 +453,7 @@ class Bytes:
             if not start <= addr <= end - size:
                 i = bisect_right(self._wstarts, addr) - 1
                 window = self._windows[i] if i >= 0 else NO_WINDOW
-                if addr + size > window[1]:
+                if i < 0 or addr + size > window[1]:
                     return self.write_slice(c.pack(value), addr)
                 self._window = window
                 start, end, view, base, bitmap, bbase = window
@@ -518,7 +520,7 @@ class Bytes:
         if not start <= addr <= end - size:
             i = bisect_right(self._wstarts, addr) - 1
             window = self._windows[i] if i >= 0 else NO_WINDOW
-            if addr + size > window[1]:
+            if i < 0 or addr + size > window[1]:
                 buf = bytearray(size)
                 self.read_slice(buf, addr)
                 return c.unpack(buf)

@@ -38,7 +38,7 @@ _MOD = 1 << 64
 
 
 def _u64(value: SupportsIndex, what: str = "value") -> int:
-    """Return ``value`` as an ``int`` in ``[0, 2**64)``, or raise."""
+    """Return ``value`` as an ``int`` in ``[0, 2**64)``, or raise naming it as ``what``."""
     if type(value) is not int:
         if isinstance(value, bool):
             raise TypeError(f"{what} must be an integer, not bool")
@@ -49,7 +49,7 @@ def _u64(value: SupportsIndex, what: str = "value") -> int:
                 f"{what} must be an integer or an address, not {type(value).__name__}"
             ) from None
     if not 0 <= value <= U64_MAX:
-        raise GuestAddressOverflowError(value, 0)
+        raise GuestAddressOverflowError(value, 0, what)
     return value
 
 
@@ -441,45 +441,61 @@ class MemoryRegionAddress(Address):
 def address_array(values: object) -> np.ndarray:
     """Convert addresses (ints, addresses, integer arrays) to a ``uint64`` array.
 
+    The result has the shape of ``values``: a scalar gives a 0-d array, nested lists a
+    multi-dimensional one.
+
     Parameters
     ----------
     values : array_like
-        Non-negative integers below ``2**64``, or :class:`Address` objects.
+        Non-negative integers below ``2**64``, or :class:`Address` objects, of any
+        shape (scalars, nested sequences, arrays).
 
     Returns
     -------
     numpy.ndarray
-        A C-contiguous ``uint64`` array (the input itself when it already is one).
+        A C-contiguous ``uint64`` array shaped like ``values`` (the input itself when
+        it already is one).
 
     Raises
     ------
     GuestAddressOverflowError
         A value is negative or not below ``2**64`` (names the first one).
     TypeError
-        The values are not integers.
+        The values are not integers, or nested sequences are ragged.
 
     Examples
     --------
     >>> address_array([GuestAddress(1), 2, 2**64 - 1]).tolist()
     [1, 2, 18446744073709551615]
+    >>> address_array([[1, 2], [3, 4]]).shape, address_array(GuestAddress(5)).shape
+    ((2, 2), ())
     """
     if isinstance(values, np.ndarray):
         arr = values
-    elif isinstance(values, (list, tuple)):
-        arr = np.array([_u64(v, "address") for v in values], dtype=np.uint64)
-    elif isinstance(values, (int, Address)):  # numpy would make 2**64 or an Address an object
-        arr = np.array([_u64(values, "address")], dtype=np.uint64)
+    elif isinstance(values, (list, tuple, int, Address)):
+        # each value checked as a Python int: numpy would make 2**64 or an Address an object
+        try:
+            arr = np.array(_u64_nested(values), dtype=np.uint64)
+        except ValueError as exc:  # ragged nesting
+            raise TypeError(f"addresses must form a regular array: {exc}") from None
     else:
         arr = np.asarray(values)
     if arr.dtype == np.uint64:
-        return np.ascontiguousarray(arr)
+        return np.asarray(arr, order="C")  # (np.ascontiguousarray would make 0-d 1-d)
     if arr.dtype.kind not in "iu":
         if arr.size == 0:
             return np.zeros(arr.shape, dtype=np.uint64)
         raise TypeError(f"addresses must be integers, got an array of {arr.dtype}")
     if arr.dtype.kind == "i" and arr.size and (bad := np.flatnonzero(arr < 0)).size:
         raise GuestAddressOverflowError(int(arr.flat[bad[0]]), 0)
-    return np.ascontiguousarray(arr, dtype=np.uint64)
+    return np.asarray(arr, dtype=np.uint64, order="C")
+
+
+def _u64_nested(values: object) -> object:
+    """Apply :func:`_u64` to every leaf of nested lists and tuples."""
+    if isinstance(values, (list, tuple)):
+        return [_u64_nested(v) for v in values]
+    return _u64(values, "address")  # type: ignore[arg-type]
 
 
 def overflowing_add(addrs: object, values: object) -> tuple[np.ndarray, np.ndarray]:

@@ -16,8 +16,10 @@ for everything else.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -128,11 +130,12 @@ class Codec:
         The range of Python ints the dtype holds (empty if not an integer dtype).
     """
 
-    __slots__ = ("atomic", "dtype", "hi", "lo", "native", "size", "struct")
+    __slots__ = ("_object_layout", "atomic", "dtype", "hi", "lo", "native", "size", "struct")
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
         self.size = dtype.itemsize
+        self._object_layout: np.dtype | None = None
         code = _STRUCT_CODES.get((dtype.kind, dtype.itemsize))
         order = dtype.byteorder
         if order in "=|":
@@ -155,7 +158,10 @@ class Codec:
         The array starts zeroed, so padding bytes of structured dtypes are zeros (never
         stale host memory).  Conversions that would change a value are refused instead
         of done silently as numpy would: floats into integers, integers out of range,
-        complex into real, strings longer than a bytes field, float overflow.
+        complex into real, strings longer than a bytes field, float overflow.  For a
+        structured dtype the same rules apply to every leaf field (nested records and
+        sub-array fields included); fields of a structured source are matched by
+        position, as numpy does.
 
         Parameters
         ----------
@@ -173,27 +179,40 @@ class Codec:
         Raises
         ------
         ByteValuedError
-            A value cannot be stored exactly, or the shapes do not broadcast.
+            A value cannot be stored exactly (naming the field, for records), or the
+            shapes do not broadcast.
+
+        Examples
+        --------
+        >>> rec = np.dtype([('a', 'u1'), ('b', '<u4')])
+        >>> codec(rec).array([(1, 2), (3, 4)], (2,))['b'].tolist()
+        [2, 4]
+        >>> try:
+        ...     codec(rec).array((1.7, 2))
+        ... except ByteValuedError as exc:
+        ...     print(exc.reason)
+        float64 values would be truncated or recast as uint8 in field 'a'
         """
         dt = self.dtype
-        base = dt.base if dt.subdtype is not None else dt
-        out = np.zeros(shape, dtype=dt)
-        try:
-            src = values
-            if base.fields is None:
-                src = np.asarray(values)
-                if src.dtype.kind == "O":  # e.g. Python ints beyond 64 bits
-                    src = np.asarray(values, dtype=base)
-                _check_lossless(src, base, values)
-            with np.errstate(over="raise", invalid="raise"):
-                out[...] = src
-        except ByteValuedError:
-            raise
-        except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
-            raise ByteValuedError(
-                _short(values), f"cannot be stored as {shape or 'one'} {dt} ({exc})"
-            ) from None
+        base, sub = dt.subdtype or (dt, ())
+        out = np.zeros((*shape, *sub), dtype=base)  # (np.zeros(shape, dt) drops a 0-size sub)
+        with (
+            _refusing(values, f"{shape or 'one'} {dt}"),
+            np.errstate(over="raise", invalid="raise"),
+        ):
+            if base.fields is None:  # (the errstate refuses float overflow)
+                _store(out, values, values)
+            elif isinstance(values, (np.ndarray, np.generic)):
+                _store_record(out, np.asarray(values), values, "")  # its own leaf types
+            else:  # Python records: each leaf as the Python object given
+                _store_record(out, np.array(values, dtype=self._objects()), values, "")
         return out
+
+    def _objects(self) -> np.dtype:
+        """Return the item's record layout with ``object`` leaves (computed once)."""
+        if self._object_layout is None:
+            self._object_layout = _object_layout(self.dtype.base)
+        return self._object_layout
 
     def pack(self, value: Any) -> bytes:
         """Return the bytes of ``value`` as this dtype.
@@ -236,6 +255,9 @@ class Codec:
         """
         if self.struct is not None:
             return self.struct.unpack(data)[0]
+        if not self.size:  # numpy cannot read a zero itemsize from a buffer: the empty value
+            base, shape = self.dtype.subdtype or (self.dtype, ())
+            return np.zeros((1, *shape), dtype=base)[0]
         return np.frombuffer(data, dtype=self.dtype, count=1)[0].copy()
 
 
@@ -246,31 +268,122 @@ def _short(values: Any) -> Any:
     return values
 
 
-def _check_lossless(src: np.ndarray, target: np.dtype, original: Any) -> None:
-    """Refuse converting ``src`` to ``target`` where numpy would silently change values."""
+def _object_layout(dt: np.dtype) -> np.dtype:
+    """Return ``dt``'s structure (names, nesting, sub-array shapes) with ``object`` leaves."""
+    if dt.subdtype is not None:
+        base, sub = dt.subdtype
+        return np.dtype((_object_layout(base), sub))
+    if dt.fields is None:
+        return np.dtype(object)
+    return np.dtype([(name, _object_layout(dt.fields[name][0])) for name in dt.names])
+
+
+def _store_record(out: np.ndarray, src: np.ndarray, original: Any, path: str) -> None:
+    """Copy ``src`` into the structured array ``out`` leaf by leaf, refusing lossy casts.
+
+    ``src`` is a structured array (its fields are matched to ``out``'s by position) or
+    a plain one (stored into every leaf, as numpy does); it must broadcast to ``out``.
+    Each leaf is checked and copied with whole-array operations.
+    """
+    names, src_names = out.dtype.names, src.dtype.names
+    if src_names is not None and np.can_cast(src.dtype, out.dtype):  # e.g. the same dtype
+        out[...] = src
+        return
+    if src.shape != out.shape:
+        src = np.broadcast_to(src, out.shape)
+    if src_names is not None and len(src_names) != len(names):
+        raise ByteValuedError(
+            _short(original),
+            f"records of {len(src_names)} fields cannot be stored as {len(names)} fields"
+            + _where(path),
+        )
+    for i, name in enumerate(names):
+        field = f"{path}.{name}" if path else name
+        dst = out[name]  # a view; a sub-array field has its shape appended
+        sub = src[src_names[i]] if src_names is not None else src
+        if sub.ndim < dst.ndim:  # a scalar source field fills a whole sub-array field
+            sub = sub.reshape(sub.shape + (1,) * (dst.ndim - sub.ndim))
+        with _refusing(original, f"{dst.dtype}{_where(field)}"):
+            if dst.dtype.names is not None:
+                _store_record(dst, sub, original, field)
+            else:
+                _store(dst, sub, original, field)
+
+
+@contextlib.contextmanager
+def _refusing(original: Any, target: str) -> Iterator[None]:
+    """Turn a numpy conversion failure inside the block into a clear ByteValuedError."""
+    try:
+        yield
+    except ByteValuedError:
+        raise
+    except (TypeError, ValueError, OverflowError, FloatingPointError) as exc:
+        raise ByteValuedError(_short(original), f"cannot be stored as {target} ({exc})") from None
+
+
+def _store(dst: np.ndarray, values: Any, original: Any, field: str = "") -> None:
+    """Copy ``values`` into the plain (non-structured) array ``dst``, refusing lossy casts."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "O":
+        values = values.tolist()  # Python objects: let numpy infer what they are
+    src = np.asarray(values)
+    if src.dtype.kind == "O":  # e.g. Python ints beyond 64 bits
+        src = np.asarray(values, dtype=dst.dtype)
+    if src.dtype.names is not None:
+        raise ByteValuedError(
+            _short(original), f"a record cannot be stored as {dst.dtype}{_where(field)}"
+        )
+    _check_lossless(src, dst.dtype, original, field)
+    dst[...] = src
+
+
+def _where(field: str) -> str:
+    """Name the field at fault in an error message (nothing for a plain dtype)."""
+    return f" in field {field!r}" if field else ""
+
+
+def _check_lossless(src: np.ndarray, target: np.dtype, original: Any, field: str = "") -> None:
+    """Refuse converting ``src`` to ``target`` where numpy would silently change values.
+
+    ``field`` names the leaf of a record being converted: the error then shows the whole
+    record given (``original``) and names the field and the offending value.
+    """
+    if not src.size or np.can_cast(src.dtype, target):  # (an empty list is float64 to numpy)
+        return
     kind, skind = target.kind, src.dtype.kind
+    where = _where(field)
     if kind in "iu":
-        if skind in "fcSUV" and src.size:  # (an empty list is float64 to numpy)
+        if skind in "fcSUV":
             raise ByteValuedError(
-                _short(original), f"{src.dtype} values would be truncated or recast as {target}"
+                _short(original),
+                f"{src.dtype} values would be truncated or recast as {target}{where}",
             )
-        if skind in "iu" and src.size:
-            info = np.iinfo(target)
-            bad = np.flatnonzero((src < info.min) | (src > info.max))
-            if bad.size:
-                value = src.reshape(-1)[bad[0]].item()
-                raise ByteValuedError(value, f"out of range for {target} (element {bad[0]})")
+        info = np.iinfo(target)
+        lo, hi = int(info.min), int(info.max)
+        if skind in "iu" and (int(src.min()) < lo or int(src.max()) > hi):
+            i = int(np.flatnonzero((src < lo) | (src > hi))[0])
+            value = src.reshape(-1)[i].item()
+            raise _bad_value(value, original, field, f"out of range for {target}", i)
     elif kind == "f" and skind == "c":
         raise ByteValuedError(
-            _short(src), f"complex values would lose their imaginary part as {target}"
+            _short(original),
+            f"complex values would lose their imaginary part as {target}{where}",
         )
-    elif kind == "S" and skind in "SU" and src.size:
-        lengths = np.char.str_len(src)
+    elif kind == "S" and skind in "SU":
+        lengths = np.char.str_len(src).reshape(-1)
         if lengths.max() > target.itemsize:
-            i = int(np.argmax(lengths.reshape(-1) > target.itemsize))
-            raise ByteValuedError(
-                src.reshape(-1)[i].item(), f"longer than the {target.itemsize} bytes of {target}"
-            )
+            i = int(np.argmax(lengths > target.itemsize))
+            value = src.reshape(-1)[i].item()
+            reason = f"longer than the {target.itemsize} bytes of {target}"
+            raise _bad_value(value, original, field, reason, i)
+
+
+def _bad_value(value: Any, original: Any, field: str, reason: str, i: int) -> ByteValuedError:
+    """Return the error for element ``i`` (``value``), which cannot be stored: ``reason``."""
+    if not field:
+        return ByteValuedError(value, f"{reason} (element {i})")
+    return ByteValuedError(
+        _short(original), f"{value!r} in field {field!r} is {reason} (element {i})"
+    )
 
 
 _CODECS: dict[Any, Codec] = {}

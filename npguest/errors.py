@@ -44,6 +44,10 @@ __all__ = [
 ]
 
 
+_COUNTS = frozenset({"count", "length", "size", "n", "index", "alignment"})
+"""Argument names whose values are counts or sizes: shown in decimal, not hex."""
+
+
 def _hex(value: object) -> str:
     """Format an address-like value in hex, leaving anything else as it is."""
     try:
@@ -113,19 +117,25 @@ class GuestAddressOverflowError(GuestMemoryError, OverflowError):
     Parameters
     ----------
     addr : int
-        The base address.
+        The base address (or the argument that is not a u64).
     size : int
         The size or offset added to it.
+    what : str, optional
+        The argument ``addr`` was given as, when it is not a u64 (default
+        ``"address"``); counts and sizes (``"count"``, ``"length"``, ...) are shown in
+        decimal.
     """
 
-    def __init__(self, addr: int, size: int) -> None:
-        super().__init__(addr, size)
+    def __init__(self, addr: int, size: int, what: str = "address") -> None:
+        super().__init__(*(addr, size) if what == "address" else (addr, size, what))
         self.addr = int(addr)
         self.size = int(size)
+        self.what = what
 
     def _message(self) -> str:
         if not 0 <= self.addr < 1 << 64:
-            return f"address {_hex(self.addr)} is not a 64-bit unsigned value"
+            shown = str(self.addr) if self.what in _COUNTS else _hex(self.addr)
+            return f"{self.what} {shown} is not a 64-bit unsigned value"
         if self.size < 0:
             return f"guest address {_hex(self.addr)} - {-self.size} underflows 0"
         return f"guest address {_hex(self.addr)} + {self.size} overflows 2**64 - 1"

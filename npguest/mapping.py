@@ -19,8 +19,10 @@ Differences from vm-memory, on purpose:
 from __future__ import annotations
 
 import mmap
+import operator
 import os
 import stat
+import threading
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -49,16 +51,16 @@ class FileOffset:
     ----------
     file : binary file object, path or int
         An open binary file (anything with ``fileno()``), a path (opened read-write if
-        permitted, else read-only; the ``FileOffset`` then owns and closes it), or a raw
-        file descriptor.
+        permitted, else read-only; the ``FileOffset`` then owns it, and closes it when
+        the last mapping made from it is closed), or a raw file descriptor.
     start : int, optional
-        Offset of the mapping in the file; must be a multiple of the page size when
-        mapped.
+        Offset of the mapping in the file (a Python or numpy integer); must be a
+        multiple of the page size when mapped.
 
     Raises
     ------
     MmapRegionError
-        The path cannot be opened, or ``start`` is negative.
+        The path cannot be opened, or ``start`` is negative or not an integer.
 
     Examples
     --------
@@ -68,13 +70,15 @@ class FileOffset:
     4096
     """
 
-    __slots__ = ("_file", "_owned", "_start")
+    __slots__ = ("_file", "_owned", "_start", "_users")
 
     def __init__(self, file: BinaryIO | str | os.PathLike[str] | int, start: int = 0) -> None:
-        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
-            raise MmapRegionError(f"file offset {start!r} must be a non-negative integer")
+        start = _integer(start, "file offset")
+        if start < 0:
+            raise MmapRegionError(f"file offset {start} must be a non-negative integer")
         self._start = start
         self._owned = False
+        self._users = 0  # open mappings made from it
         if isinstance(file, (str, os.PathLike)):
             writable = os.access(file, os.W_OK)
             try:
@@ -122,9 +126,35 @@ class FileOffset:
         if self._owned:
             self._file.close()
 
+    def _acquire(self) -> None:
+        """Count one more open mapping of the file."""
+        with _USERS_LOCK:
+            self._users += 1
+
+    def _release(self) -> None:
+        """Count one mapping closed; close an owned file when it was the last."""
+        with _USERS_LOCK:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self.close()
+
     def __repr__(self) -> str:
         name = getattr(self._file, "name", self._file)
         return f"FileOffset({name!r}, {self._start:#x})"
+
+
+_USERS_LOCK = threading.Lock()
+
+
+def _integer(value: Any, what: str) -> int:
+    """Return a size or offset as an ``int``: Python or numpy integers, not bools or floats."""
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise MmapRegionError(f"{what} must be an integer, got {value!r}")
 
 
 def _fs_type(fd: int) -> int | None:
@@ -263,7 +293,7 @@ class MmapRegion:
         MmapRegionError
             Bad size, or the memfd or mapping could not be made.
         """
-        _check_size(size)
+        size = _check_size(size)
         flags = os.MFD_CLOEXEC | (os.MFD_HUGETLB if hugetlb else 0)
         try:
             fd = os.memfd_create(name, flags)
@@ -347,7 +377,7 @@ class MmapRegion:
         page_size: int,
         hugetlb: bool = False,
     ) -> None:
-        _check_size(size)
+        size = _check_size(size)
         self._file_offset = file_offset
         self._owned_file: Any = None
         self._readonly = readonly
@@ -365,6 +395,8 @@ class MmapRegion:
         except (OSError, ValueError, OverflowError) as exc:
             where = "anonymous" if fd < 0 else f"file fd {fd} at offset {start:#x}"
             raise MmapRegionError(f"mmap of {size} bytes ({where}) failed: {exc}") from exc
+        if file_offset is not None:
+            file_offset._acquire()  # its file stays open while this mapping is
         self._size = size
         self._array = np.frombuffer(self._mmap, dtype=np.uint8)
         self._view = memoryview(self._array)
@@ -514,7 +546,10 @@ class MmapRegion:
 
     # -- lifetime ------------------------------------------------------------------------
     def close(self) -> None:
-        """Unmap the memory (and close a memfd or a file opened from a path).
+        """Unmap the memory, and close the files only this mapping keeps open.
+
+        A memfd is closed; a file that a :class:`FileOffset` opened from a path is
+        closed with the last open mapping made from it (regions sharing it stay usable).
 
         Raises
         ------
@@ -543,7 +578,7 @@ class MmapRegion:
         if self._owned_file is not None:
             self._owned_file.close()
         if self._file_offset is not None:
-            self._file_offset.close()
+            self._file_offset._release()
 
     @property
     def closed(self) -> bool:
@@ -562,11 +597,12 @@ class MmapRegion:
         return f"MmapRegion({self._size:#x} bytes, {kind}, {flags})"
 
 
-def _check_size(size: int) -> None:
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise MmapRegionError(f"mapping size must be an integer, got {size!r}")
+def _check_size(size: Any) -> int:
+    """Return a mapping size as a positive ``int`` (Python or numpy integer), or raise."""
+    size = _integer(size, "mapping size")
     if size <= 0:
         raise MmapRegionError(f"mapping size {size} is invalid: it must be positive")
+    return size
 
 
 def _check_file(fd: int, start: int, size: int) -> None:

@@ -516,6 +516,8 @@ class RegionTable:
         for r in regions:
             if not isinstance(r, GuestRegionMmap):
                 raise TypeError(f"expected GuestRegionMmap objects, got {type(r).__name__}")
+            if r._mapping._closed:
+                raise MmapRegionError(f"the region at {r._start:#x} is closed")
         for prev, nxt in itertools.pairwise(regions):
             if prev._start > nxt._start:
                 raise UnsortedMemoryRegionsError(prev._start, nxt._start)
@@ -648,8 +650,7 @@ def regions_from_ranges(
     for item in ranges:
         if not 2 <= len(item) <= 3:
             raise TypeError(f"a range is (addr, size) or (addr, size, file_offset), got {item!r}")
-        start, size = _u64(item[0], "guest address"), item[1]
-        _check_size(size)
+        start, size = _u64(item[0], "guest address"), _check_size(item[1])
         check_region_span(start, size)
         spans.append((start, size, item[2] if len(item) == 3 else None))
     for (s0, n0, _), (s1, _, _) in itertools.pairwise(spans):

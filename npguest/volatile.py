@@ -14,6 +14,7 @@ fault.  ``MisalignedError`` reports the host address, whose alignment is what fa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from .address import U64_MAX, _u64
 from .bitmap import Bitmap, BitmapSlice, NoBitmap, bitmap_or_none
 from .dtypes import Codec, codec
 from .errors import (
+    ByteValuedError,
     MisalignedError,
     OffsetOverflowError,
     OutOfBoundsError,
@@ -181,6 +183,13 @@ class VolatileSlice(_Contiguous):
     bitmap : Bitmap, optional
         Dirty bitmap of ``buf``, indexed by byte offset (default: no tracking).
 
+    Raises
+    ------
+    ByteValuedError
+        ``buf`` is a strided (not C-contiguous) view: a slice is contiguous memory.
+    TypeError
+        ``buf`` is not a buffer.
+
     Examples
     --------
     >>> s = VolatileSlice(bytearray(16))
@@ -205,6 +214,10 @@ class VolatileSlice(_Contiguous):
 
     def __init__(self, buf: Any, bitmap: Bitmap | None = None) -> None:
         mv = as_byte_view(buf)
+        if not mv.c_contiguous:  # (as_byte_view passes strided byte views on: copies take them)
+            raise ByteValuedError(
+                f"memoryview with strides {mv.strides}", "a VolatileSlice needs contiguous memory"
+            )
         self._mv, self._off, self._len = mv, 0, len(mv)
         self._bitmap, self._boff = bitmap_or_none(bitmap), 0
         self._host = host_address(mv)
@@ -424,14 +437,14 @@ class VolatileSlice(_Contiguous):
         Returns
         -------
         int
-            Elements copied: ``min(len() // itemsize, number of elements of buf)``.
+            Elements copied: ``min(len() // itemsize, number of elements of buf)``; for
+            zero-size elements (which any slice holds without limit), all of ``buf``'s.
         """
         dst = memoryview(buf)
-        item = dst.itemsize
-        n = min(self._len // item, dst.nbytes // item) * item
         out = as_byte_view(dst, writable=True)
+        count, n = self._fitting(dst)
         out[:n] = self._mv[self._off : self._off + n]
-        return n // item
+        return count
 
     def copy_from(self, buf: Any) -> None:
         """Copy whole elements in from ``buf`` (as many as fit) and mark them dirty.
@@ -448,8 +461,7 @@ class VolatileSlice(_Contiguous):
             The memory is read-only.
         """
         src = memoryview(buf)
-        item = src.itemsize
-        n = min(self._len // item, src.nbytes // item) * item
+        _, n = self._fitting(src)
         if not n:
             return
         if self._mv.readonly:
@@ -457,6 +469,18 @@ class VolatileSlice(_Contiguous):
         self._mv[self._off : self._off + n] = as_byte_view(src)[:n]
         if self._bitmap is not None:
             self._bitmap.mark_dirty(self._boff, n)
+
+    def _fitting(self, view: memoryview) -> tuple[int, int]:
+        """Return how many of ``view``'s elements fit in the slice, and their bytes.
+
+        vm-memory computes ``min(len / size_of::<T>(), buf.len())``, which divides by
+        zero for a zero-size ``T``; here such elements all fit, and none has a byte.
+        """
+        item = view.itemsize
+        if not item:
+            return math.prod(view.shape), 0
+        count = min(self._len // item, view.nbytes // item)
+        return count, count * item
 
     def copy_to_volatile_slice(self, dst: VolatileSlice) -> None:
         """Copy ``min(len(), len(dst))`` bytes into ``dst`` (overlap-safe) and mark them.
@@ -522,7 +546,7 @@ class VolatileSlice(_Contiguous):
         Returns
         -------
         VolatileArrayRef
-            The reference.
+            The reference (``n`` elements, even of a zero-size ``dtype``).
 
         Raises
         ------
@@ -530,12 +554,14 @@ class VolatileSlice(_Contiguous):
             ``n * itemsize`` does not fit a signed 64-bit size (checked first).
         OutOfBoundsError
             The objects do not fit.
+        ByteValuedError
+            ``dtype`` is not ByteValued.
         """
         c = codec(dtype)
         n = _u64(n, "n")
         if n * c.size > _ISIZE_MAX:
             raise TooBigError(n, c.size)
-        return VolatileArrayRef(self.subslice(offset, n * c.size), c.dtype)
+        return VolatileArrayRef(self.subslice(offset, n * c.size), c.dtype, n)
 
 
 class _TypedView:
@@ -660,6 +686,14 @@ class VolatileArrayRef(_TypedView):
         The objects' bytes (a whole number of items).
     dtype : dtype_like, optional
         The items' layout (default ``uint8``, as vm-memory's ``From<VolatileSlice>``).
+    n : int, optional
+        Number of items: by default ``len(vslice) // itemsize``, and 0 for a zero-size
+        dtype (whose count the bytes cannot tell).
+
+    Raises
+    ------
+    ValueError
+        ``vslice`` is not exactly ``n`` items (or not a whole number of them).
 
     Examples
     --------
@@ -670,12 +704,19 @@ class VolatileArrayRef(_TypedView):
 
     __slots__ = ("_n",)
 
-    def __init__(self, vslice: VolatileSlice, dtype: DTypeLike = np.uint8) -> None:
+    def __init__(
+        self, vslice: VolatileSlice, dtype: DTypeLike = np.uint8, n: int | None = None
+    ) -> None:
         self._codec: Codec = codec(dtype)
-        size = self._codec.size
-        if size == 0 or len(vslice) % size:
-            raise ValueError(f"{len(vslice)} bytes is not a whole number of {self._codec.dtype}")
-        self._slice, self._n = vslice, len(vslice) // size
+        size, dt = self._codec.size, self._codec.dtype
+        if n is None:
+            if size and len(vslice) % size:
+                raise ValueError(f"{len(vslice)} bytes is not a whole number of {dt}")
+            n = len(vslice) // size if size else 0
+        n = _u64(n, "n")
+        if n * size != len(vslice):
+            raise ValueError(f"{len(vslice)} bytes is not {n} items of {dt}")
+        self._slice, self._n = vslice, n
 
     def len(self) -> int:
         """Return the number of elements.
@@ -776,11 +817,11 @@ class VolatileArrayRef(_TypedView):
 
         Raises
         ------
-        ValueError
+        ByteValuedError
             ``buf``'s item size is not the element size.
         """
         self._same_item(buf)
-        return self._slice.copy_to(buf)
+        return min(self._n, self._slice.copy_to(buf))
 
     def copy_from(self, buf: Any) -> None:
         """Copy ``min(len(), elements of buf)`` elements in and mark them dirty.
@@ -792,8 +833,10 @@ class VolatileArrayRef(_TypedView):
 
         Raises
         ------
-        ValueError
+        ByteValuedError
             ``buf``'s item size is not the element size.
+        ReadOnlyMemoryError
+            The memory is read-only.
         """
         self._same_item(buf)
         self._slice.copy_from(buf)
@@ -817,13 +860,15 @@ class VolatileArrayRef(_TypedView):
             ``len()`` elements.
         """
         s = self._slice
+        if not self._codec.size:  # numpy cannot view items of no bytes
+            return np.zeros(self._n, self.dtype)
         return np.frombuffer(s._mv, self.dtype, self._n, s._off).copy()
 
     def _same_item(self, buf: Any) -> None:
-        item = memoryview(buf).itemsize
-        if item != self._codec.size:
-            raise ValueError(
-                f"buffer items are {item} bytes but elements of {self.dtype} are {self._codec.size}"
+        item, size = memoryview(buf).itemsize, self._codec.size
+        if item != size:
+            raise ByteValuedError(
+                self.dtype, f"buffer items are {item} bytes but elements of {self.dtype} are {size}"
             )
 
     def __repr__(self) -> str:

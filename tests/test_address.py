@@ -17,6 +17,7 @@ from npguest.address import (
     Address,
     GuestAddress,
     MemoryRegionAddress,
+    _u64,
     address_array,
     align_up,
     overflowing_add,
@@ -687,3 +688,64 @@ def test_address_array_round_trip(values):
     assert out.tolist() == values
     assert address_array(out) is out
     assert address_array([GuestAddress(v) for v in values]).tolist() == values
+
+
+# -- review fixes: shapes kept by address_array, the argument named in range errors ----------
+
+
+@pytest.mark.parametrize(
+    ("values", "shape"),
+    [
+        (5, ()),
+        (GuestAddress(5), ()),
+        (np.uint64(5), ()),
+        (np.int64(5), ()),
+        (np.array(5), ()),
+        (np.array(5, dtype=np.uint64), ()),
+        ([[1, 2], [3, 4]], (2, 2)),
+        (([1, 2, 3],), (1, 3)),
+        ([[GuestAddress(1)], [2**64 - 1]], (2, 1)),
+        ([[]], (1, 0)),
+        (np.zeros((2, 3), dtype=np.int32), (2, 3)),
+    ],
+)
+def test_address_array_keeps_the_shape(values, shape):
+    out = address_array(values)
+    assert out.shape == shape
+    assert out.dtype == np.uint64 and out.flags.c_contiguous
+    assert out.tolist() == np.asarray(values, dtype=object).astype(np.uint64).tolist()
+
+
+def test_address_array_nested_lists_are_checked():
+    with pytest.raises(GuestAddressOverflowError) as ei:
+        address_array([[1, 2], [3, -1]])
+    assert ei.value.addr == -1
+    with pytest.raises(GuestAddressOverflowError):
+        address_array([[1], [2**64]])
+    with pytest.raises(TypeError):
+        address_array([[1, 2], [True, 4]])
+    with pytest.raises(TypeError, match="regular"):
+        address_array([[1, 2], [3]])
+
+
+@pytest.mark.parametrize(
+    ("what", "value", "text"),
+    [
+        ("count", -5, "count -5 is not a 64-bit unsigned value"),
+        ("length", 2**64, f"length {2**64} is not a 64-bit unsigned value"),
+        ("offset", -1, "offset -0x1 is not a 64-bit unsigned value"),
+        ("address", -1, "address -0x1 is not a 64-bit unsigned value"),
+    ],
+)
+def test_u64_errors_name_the_argument(what, value, text):
+    with pytest.raises(GuestAddressOverflowError) as ei:
+        _u64(value, what)
+    assert str(ei.value) == text
+    assert (ei.value.addr, ei.value.what) == (value, what)
+    back = pickle.loads(pickle.dumps(ei.value))
+    assert (str(back), back.what) == (text, what)
+
+
+def test_overflow_error_args_unchanged_for_addresses():
+    assert GuestAddressOverflowError(-1, 0).args == (-1, 0)
+    assert GuestAddressOverflowError(-1, 0, "count").args == (-1, 0, "count")

@@ -553,3 +553,73 @@ def test_close_while_a_batch_runs_is_refused():
     # the reader either finished or saw the memory closed between calls -- nothing else
     assert all(isinstance(e, InvalidGuestAddressError | MmapRegionError) for e in errors), errors
     assert refused or errors
+
+
+# -- review fixes: 0-d and nested addresses, checked records, zero-size objects, messages ------
+
+
+@pytest.mark.parametrize("addr", [np.array(5), np.uint64(5), np.int64(5), 5, GuestAddress(5)])
+def test_scalar_addresses_give_0d_results(mem, addr):
+    out = mem.read_objs(addr, "<u2")
+    assert out.shape == () and int(out) == mem.read_obj(5, "<u2")
+    assert mem.read_objs(addr, "(2,)u1").shape == (2,)
+    region, offset = mem.locate(addr)
+    assert region.shape == offset.shape == ()
+    assert (int(region), int(offset)) == (0, 5)
+    mem.write_objs(0xBEEF, addr, "<u2")
+    assert mem.read_obj(5, "<u2") == 0xBEEF
+
+
+def test_nested_address_lists(mem):
+    addrs = [[1, 2], [0x1000, 0x3000]]
+    out = mem.read_objs(addrs, "u1")
+    assert out.shape == (2, 2)
+    assert out.tolist() == [[mem.read_obj(a, "u1") for a in row] for row in addrs]
+    assert mem.locate(addrs)[0].tolist() == [[0, 0], [1, 2]]
+    mem.write_objs([[9, 8], [7, 6]], addrs, "u1")
+    assert [mem.read_obj(a, "u1") for row in addrs for a in row] == [9, 8, 7, 6]
+    with pytest.raises(TypeError):
+        mem.read_objs([[1, 2], [3]], "u1")
+
+
+def test_structured_writes_refuse_lossy_fields():
+    mem = GuestMemoryMmap.from_ranges([(0, 0x1000), (0x1000, 0x1000)])
+    dt = np.dtype([("a", "u1"), ("b", "<u4")])
+    with pytest.raises(ByteValuedError, match="field 'a'"):
+        mem.write_obj((1.7, 2), 0, dt)
+    src = np.array([(300, 2**40)], [("a", "<u4"), ("b", "<u8")])
+    with pytest.raises(ByteValuedError, match="field 'a'"):
+        mem.write_objs(src, [0x10], dt)
+    with pytest.raises(ByteValuedError, match="field 'b'"):
+        mem.write_obj(np.void((1, 2**40), src.dtype), 0x20, dt)
+    assert mem.read_bytes(0, 0x30) == bytes(0x30)  # nothing was written
+    mem.write_objs(np.array([(200, 2**31)], src.dtype), [0xFFD], dt)  # fits: stored
+    assert mem.read_objs([0xFFD], dt).tolist() == [(200, 2**31)]
+
+
+@pytest.mark.parametrize("dtype", ["V0", np.dtype([]), "(0,)<u4"])
+def test_zero_size_objects_are_ok_anywhere(dtype):
+    # vm-memory 3.1: a zero-length access is Ok, even at an address no region backs
+    mem = GuestMemoryMmap.from_ranges([(0, 0x1000)])
+    for addr in (0, 0xFFF, 0x1000, 0x5000, U64_MAX):
+        assert np.asarray(mem.read_obj(addr, dtype)).nbytes == 0
+        assert np.asarray(mem.find_region(0).read_obj(addr, dtype)).nbytes == 0
+        mem.write_obj(mem.read_obj(addr, dtype), addr, dtype)
+    assert np.asarray(GuestMemoryMmap().read_obj(5, dtype)).nbytes == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "text"),
+    [
+        (lambda m: m.check_range(0, -5), "length -5 is not"),
+        (lambda m: list(m.get_slices(0, -1)), "count -1 is not"),
+        (lambda m: m.read_volatile_from(0, None, -1), "count -1 is not"),  # checked first
+        (lambda m: m.read_bytes(0, -1), "count -1 is not"),
+        (lambda m: m.read_bytes(-2, 1), "address -0x2 is not"),
+    ],
+)
+def test_range_errors_name_the_argument(call, text):
+    mem = GuestMemoryMmap.from_ranges([(0, 0x1000)])
+    with pytest.raises(GuestAddressOverflowError) as ei:
+        call(mem)
+    assert text in str(ei.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import sys
 
 import numpy as np
@@ -561,3 +562,75 @@ def test_from_bytes_copies():
     srec = from_bytes(sbuf, [("a", "<u2"), ("b", ">u4")])
     sbuf[:] = bytes(6)
     assert int(srec["a"]) == 0x0102
+
+
+# -- review fix: structured dtypes are converted losslessly, leaf field by leaf field --------
+
+PAIR = np.dtype([("a", "u1"), ("b", "<u4")])
+NESTED = np.dtype(
+    [("hdr", [("magic", ">u4"), ("ver", "<u2")]), ("pts", "<u2", (3,)), ("tag", "S4"), ("f", "<f4")]
+)
+GOOD = ((1, 2), [1, 2, 3], b"ab", 1.5)
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "field"),
+    [
+        ((1.7, 2), PAIR, "'a'"),
+        ((300, 2), PAIR, "'a'"),
+        ((-1, 2), PAIR, "'a'"),
+        ((1, 2**40), PAIR, "'b'"),
+        ((1, 2**70), PAIR, "'b'"),
+        ((1, "x"), PAIR, "'b'"),
+        (np.array((300, 2**40), [("a", "<u4"), ("b", "<u8")]), PAIR, "'a'"),
+        (np.void((1, 2**40), [("x", "<u8"), ("y", "<u8")]), PAIR, "'b'"),
+        (np.array((1, 2.5), [("a", "O"), ("b", "O")]), PAIR, "'b'"),
+        (np.float64(1.5), PAIR, "'a'"),  # a plain source fills every field
+        (((1, 2.5), [1, 2, 3], b"ab", 1.5), NESTED, "'hdr.ver'"),
+        (((2**32, 2), [1, 2, 3], b"ab", 1.5), NESTED, "'hdr.magic'"),
+        (((1, 2), [1, 2, 70000], b"ab", 1.5), NESTED, "'pts'"),
+        (((1, 2), [1, 2.5, 3], b"ab", 1.5), NESTED, "'pts'"),
+        (((1, 2), [1, 2, 3], b"abcdef", 1.5), NESTED, "'tag'"),
+        (((1, 2), [1, 2, 3], b"ab", 1e300), NESTED, "'f'"),
+        (((1, 2), [1, 2, 3], b"ab", 1j), NESTED, "'f'"),
+    ],
+)
+def test_structured_values_checked_per_field(value, dtype, field):
+    with pytest.raises(ByteValuedError) as info:
+        as_bytes(value, dtype)
+    assert f"field {field}" in str(info.value)
+    back = pickle.loads(pickle.dumps(info.value))
+    assert str(back) == str(info.value)
+
+
+def test_structured_good_values_still_convert():
+    assert as_bytes((1, 2), PAIR) == b"\x01\x02\x00\x00\x00"
+    # a structured source is matched by position, whatever its field names and types
+    src = np.array([(7, 9)], [("x", "<u8"), ("y", "i1")])
+    assert codec(PAIR).array(src, (1,)).tolist() == [(7, 9)]
+    rec = codec(NESTED).array(GOOD)
+    assert codec(NESTED).array(rec[()]).tobytes() == rec.tobytes()
+    assert rec["pts"].tolist() == [1, 2, 3] and rec["hdr"]["magic"] == 1
+    # a scalar fills every leaf, sub-arrays included; numpy scalars are values too
+    filled = codec(NESTED).array(((1, 2), 7, b"x", np.float32(2)))
+    assert filled["pts"].tolist() == [7, 7, 7]
+    padded = np.dtype([("a", "u1"), ("b", "<u4")], align=True)
+    assert as_bytes((1, 2), padded) == b"\x01\x00\x00\x00\x02\x00\x00\x00"
+
+
+def test_structured_batch_check_is_vectorised():
+    n = 300_000
+    src = np.zeros(n, [("a", "<u4"), ("b", "<u8")])
+    src["a"] = np.arange(n) % 200
+    assert codec(PAIR).array(src, (n,))["a"][-1] == (n - 1) % 200
+    src["b"][n - 2] = 2**40
+    with pytest.raises(ByteValuedError) as info:
+        codec(PAIR).array(src, (n,))
+    assert f"element {n - 2}" in str(info.value) and "'b'" in str(info.value)
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [("V0", ()), ("(0,)<u4", (0,)), ("(2,0)<u2", (2, 0))])
+def test_zero_size_values_decode(dtype, shape):
+    value = from_bytes(b"", dtype)
+    assert np.shape(value) == shape
+    assert as_bytes(value, dtype) == b""

@@ -1071,8 +1071,11 @@ def test_regions_built_from_closed_region_raise():
     r.close()
     with pytest.raises(MmapRegionError):
         GuestRegionMmap.with_arc(r.get_mmap(), 0x1000)
-    m = GuestMemoryMmap.from_regions([r])
-    _assert_refuses(m, 0x10, MmapRegionError)
+    with pytest.raises(MmapRegionError, match="closed"):  # never a table with a hole in it
+        GuestMemoryMmap.from_regions([r])
+    live = GuestMemoryMmap.from_ranges([(0x2000, 0x1000)])
+    with pytest.raises(MmapRegionError, match="closed"):
+        live.insert_region(r)
 
 
 def test_mmap_region_shared_between_memories_blocks_close():
@@ -1094,3 +1097,21 @@ def test_repr_and_errors_pickle(mem):
     err = pickle.loads(pickle.dumps(ei.value))
     assert type(err) is PartialBufferError and (err.expected, err.completed) == (8, 4)
     assert isinstance(err, GuestMemoryError)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "<u2", "<u8"])
+def test_negative_scalar_addresses_are_typed_errors(mem, dtype):
+    for _ in range(2):  # cold, then with the fast path warmed
+        with pytest.raises(GuestAddressOverflowError):
+            mem.read_obj(-1, dtype)
+        with pytest.raises(GuestAddressOverflowError):
+            mem.write_obj(1, -1, dtype)
+        mem.write_obj(1, 0x10, dtype)
+        mem.read_obj(0x10, dtype)
+
+
+def test_numpy_sizes_in_ranges():
+    m = GuestMemoryMmap.from_ranges([(0, np.int64(0x1000)), (np.uint64(0x1000), np.uint32(0x1000))])
+    assert m.num_regions() == 2 and int(m.last_addr()) == 0x1FFF
+    with pytest.raises(GuestMemoryError):  # the span passes 2**64: a typed error, no wrap
+        GuestMemoryMmap.from_ranges([(2**64 - 0x1000, np.uint64(0x2000))])

@@ -14,7 +14,7 @@ import pickle
 import numpy as np
 import pytest
 
-from npguest import FileOffset, MmapRegion, NoBitmap, VolatileSlice
+from npguest import FileOffset, GuestAddress, GuestMemoryMmap, MmapRegion, NoBitmap, VolatileSlice
 from npguest.bitmap import BitmapSlice
 from npguest.errors import (
     GuestMemoryError,
@@ -581,3 +581,58 @@ class TestClose:
         with MmapRegion.anonymous(PAGE):
             pass
         assert s.write(b"ab", 0) == 2
+
+
+# -- review fixes: shared path-opened FileOffset, numpy integer sizes ---------------------
+
+
+class TestSharedFileOffset:
+    def test_closing_one_region_keeps_a_shared_path_file_open(self, data_file):
+        fo = FileOffset(data_file)
+        mem = GuestMemoryMmap.from_ranges_with_files([(0, PAGE, fo), (PAGE, PAGE, fo)])
+        first, second = mem.iter()
+        del mem
+        gc.collect()
+        first.close()
+        assert not fo.file().closed
+        os.fstat(second.file_offset().fileno())  # the survivor's fd is still valid
+        assert second.read_bytes(0, 4) == file_pattern(4)
+        second.close()
+        assert fo.file().closed  # the last mapping closed the file the FileOffset opened
+
+    def test_file_given_by_caller_never_closed(self, data_file):
+        with open(data_file, "r+b") as f:
+            fo = FileOffset(f)
+            for _ in range(2):
+                MmapRegion.from_file(fo, PAGE).close()
+            assert not f.closed
+
+    def test_failed_mapping_does_not_count(self, data_file):
+        fo = FileOffset(data_file)
+        with pytest.raises(MmapRegionError):
+            MmapRegion.from_file(fo, 8 * PAGE)  # longer than the file
+        MmapRegion.from_file(fo, PAGE).close()
+        assert fo.file().closed
+
+
+class TestNumpyIntegerSizes:
+    @pytest.mark.parametrize("kind", [np.int64, np.uint64, np.int32, np.uint16])
+    def test_sizes_and_offsets(self, data_file, kind):
+        with MmapRegion.anonymous(kind(PAGE)) as r:
+            assert r.size() == PAGE and type(r.size()) is int
+        with MmapRegion.memfd(kind(PAGE)) as r:
+            assert r.size() == PAGE
+        fo = FileOffset(data_file, kind(PAGE))
+        assert fo.start() == PAGE and type(fo.start()) is int
+        with MmapRegion.from_file(fo, kind(PAGE)) as r:
+            assert r.as_volatile_slice().read_bytes(0, 4) == file_pattern(2 * PAGE)[PAGE:][:4]
+        mem = GuestMemoryMmap.from_ranges([(0, kind(PAGE))])
+        assert mem.last_addr() == GuestAddress(PAGE - 1)
+        mem.close()
+
+    @pytest.mark.parametrize("bad", [True, np.True_, 4096.0, np.float64(4096), "4096"])
+    def test_bools_and_floats_refused(self, data_file, bad):
+        with pytest.raises(MmapRegionError, match="must be an integer"):
+            MmapRegion.anonymous(bad)
+        with pytest.raises(MmapRegionError, match="must be an integer"):
+            FileOffset(data_file, bad)

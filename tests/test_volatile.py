@@ -769,9 +769,9 @@ class TestRefs:
 
     def test_array_item_size_mismatch(self):
         a = VolatileSlice(bytearray(16)).get_array_ref(0, 4, "<u4")
-        with pytest.raises(ValueError, match="buffer items are 2 bytes"):
+        with pytest.raises(ByteValuedError, match="buffer items are 2 bytes"):
             a.copy_to(np.zeros(4, dtype="<u2"))
-        with pytest.raises(ValueError, match="buffer items are 8 bytes"):
+        with pytest.raises(ByteValuedError, match="buffer items are 8 bytes"):
             a.copy_from(np.zeros(4, dtype="<u8"))
         assert a.to_numpy().tolist() == [0, 0, 0, 0]
 
@@ -1676,3 +1676,87 @@ def test_model_random_operations(data):
         assert rec.dirty_bytes() == model.written, op
         if op[0] in ("read", "read_slice", "read_obj", "load", "write_to", "write_all"):
             assert rec.marks == [], op
+
+
+# -- review fixes: zero-size elements, typed errors on bad buffers, count messages -----------
+
+
+class TestZeroSizeElements:
+    def test_copy_to_and_from_copy_no_bytes(self):
+        buf = bytearray(b"abc")
+        s = VolatileSlice(buf)
+        # vm-memory divides by size_of::<T>() here; zero-size elements all fit
+        assert s.copy_to(np.zeros(3, "V0")) == 3
+        assert s.copy_to(np.zeros((2, 2), [])) == 4
+        s.copy_from(np.zeros(5, "V0"))
+        assert buf == b"abc"
+
+    def test_get_array_ref(self):
+        rec = RecordingBitmap()
+        s = VolatileSlice(bytearray(16), rec)
+        a = s.get_array_ref(0, 5, "V0")
+        assert (a.len(), a.element_size(), len(a.to_slice())) == (5, 0, 0)
+        assert a.load(4) == np.void(b"")
+        assert a.to_numpy().shape == (5,)
+        assert a.copy_to(np.zeros(8, "V0")) == 5
+        assert a.copy_to(np.zeros(2, "V0")) == 2
+        a.copy_from(np.zeros(8, "V0"))
+        assert rec.marks == []
+        with pytest.raises(OutOfBoundsError):
+            a.ref_at(5)
+        assert s.get_array_ref(16, 3, "V0").len() == 3
+        with pytest.raises(OutOfBoundsError):
+            s.get_array_ref(17, 3, "V0")
+
+    def test_array_ref_count(self):
+        s = VolatileSlice(bytearray(8))
+        assert VolatileArrayRef(s.subslice(0, 0), "V0").len() == 0
+        assert VolatileArrayRef(s, "<u2", 4).len() == 4
+        with pytest.raises(ValueError, match="not 3 items"):
+            VolatileArrayRef(s, "<u2", 3)
+
+    @pytest.mark.parametrize("offset", [0, 4, 5, 2**64 - 1])
+    def test_read_obj_is_an_empty_value(self, offset):
+        s = VolatileSlice(bytearray(4))
+        assert s.read_obj(offset, "V0") == np.void(b"")
+        assert s.read_obj(offset, "(0,)<u4").shape == (0,)
+        s.write_obj(b"", offset, "V0")
+
+
+class TestBadBufferErrors:
+    def test_strided_memoryview(self):
+        view = memoryview(bytearray(range(20)))[::2]
+        with pytest.raises(ByteValuedError, match="contiguous") as ei:
+            VolatileSlice(view)
+        assert isinstance(ei.value, TypeError)
+        assert pickle.loads(pickle.dumps(ei.value)).args == ei.value.args
+
+    def test_array_ref_item_size(self):
+        a = VolatileSlice(bytearray(16)).get_array_ref(0, 4, "<u4")
+        for call in (a.copy_to, a.copy_from):
+            with pytest.raises(ByteValuedError) as ei:
+                call(np.zeros(4, "<u2"))
+            assert isinstance(ei.value, TypeError)
+            assert pickle.loads(pickle.dumps(ei.value)).args == ei.value.args
+
+
+class TestCountMessages:
+    @pytest.mark.parametrize(
+        ("call", "text"),
+        [
+            (lambda s: s.subslice(0, -1), "count -1 is not"),
+            (lambda s: s.subslice(-1, 0), "offset -0x1 is not"),
+            (lambda s: s.read_bytes(0, -1), "count -1 is not"),
+            (lambda s: s.read_volatile_from(0, io.BytesIO(), -2), "count -2 is not"),
+            (lambda s: s.get_array_ref(0, -1, "u1"), "n -1 is not"),
+            (lambda s: s.get_array_ref(0, 2, "u1").ref_at(-3), "index -3 is not"),
+            (lambda s: s.read_obj(-1, "<u2"), "address -0x1 is not"),
+        ],
+    )
+    def test_the_argument_is_named(self, call, text):
+        from npguest.errors import GuestAddressOverflowError
+
+        with pytest.raises(GuestAddressOverflowError) as ei:
+            call(VolatileSlice(bytearray(4)))
+        assert text in str(ei.value)
+        assert str(pickle.loads(pickle.dumps(ei.value))) == str(ei.value)
