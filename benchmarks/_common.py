@@ -51,12 +51,13 @@ def guest_memory(
     return npguest.GuestMemoryMmap.from_ranges(ranges, bitmap=bitmap, page_size=4096)
 
 
-def plain_mmap(size: int = GiB) -> tuple[mmap.mmap, np.ndarray]:
-    """Map ``size`` bytes of private anonymous memory: the baselines' plain ``mmap.mmap``.
+def plain_mmap(size: int = GiB, *, thp: bool) -> tuple[mmap.mmap, np.ndarray]:
+    """Map ``size`` bytes of private anonymous memory for a baseline.
 
-    Private anonymous memory with 4 KiB pages, exactly what npguest maps for a guest
-    region (numpy's own allocator would ask for transparent huge pages, giving the
-    baseline a TLB advantage that has nothing to do with npguest's overhead).
+    ``thp=False`` is a plain ``mmap.mmap`` (the scalar target's "``struct`` on an mmap
+    object": 4 KiB pages).  ``thp=True`` advises transparent huge pages, as numpy does
+    for a large array (the batch target's "flat 1 GiB array") and as npguest does for a
+    large anonymous region.
 
     Returns
     -------
@@ -64,6 +65,8 @@ def plain_mmap(size: int = GiB) -> tuple[mmap.mmap, np.ndarray]:
         The mapping and a zero-copy ``uint8`` view of it.
     """
     m = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if thp:
+        m.madvise(mmap.MADV_HUGEPAGE)
     return m, np.frombuffer(m, dtype=np.uint8)
 
 

@@ -36,7 +36,7 @@ class Batch(Paired):
 
     def setup(self):
         self.mem = guest_memory()
-        self.map, view = plain_mmap(GiB)
+        self.map, view = plain_mmap(GiB, thp=True)  # a flat numpy-like array
         fault_memory(self.mem)
         fault_array(view)
         flat = view.view("<u8")

@@ -39,7 +39,7 @@ def _addresses(where):
 def _fixture(addrs):
     """Return a 4-region 1 GiB guest memory and a 1 GiB plain mmap, pages of ``addrs`` faulted."""
     mem = guest_memory()
-    m, view = plain_mmap(GiB)
+    m, view = plain_mmap(GiB, thp=False)  # a plain mmap object
     fault_memory(mem, addrs)
     fault_array(view, addrs)
     return mem, m

@@ -140,10 +140,6 @@ def _read_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
     return (dtype, start, end - c.size, c.struct.unpack_from, view, base - start)  # type: ignore[union-attr]
 
 
-_NO_LANE = bytearray(1)
-"""Where untracked windows' fast path drops its page mark (index ``offset >> 64 == 0``)."""
-
-
 def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
     """Build the ``write_obj`` fast-path entry of ``dtype`` in ``window``.
 
@@ -154,21 +150,19 @@ def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
 
     An aligned object fits in one page when pages are at least its size, so on an
     :class:`~npguest.bitmap.AtomicBitmap` indexed like the buffer its mark is one byte
-    store into the bitmap's page byte map; untracked windows store into a dummy byte
-    instead, so both run the same few operations.  Other bitmaps get a ``mark_dirty``
-    call.
+    store into the bitmap's page byte map.  Other bitmaps get a ``mark_dirty`` call.
     """
     start, end, view, base, bitmap, bbase = window
     size = c.size
     if view.readonly or c.native is None:
         return NO_FAST
     typed = view[: len(view) // size * size].cast(c.native)
-    lane, shift, other = _NO_LANE, 64, bitmap
+    lane, shift = None, 0
     if type(bitmap) is AtomicBitmap and bitmap.page_size() >= size and base == bbase:
-        lane, shift, other = bitmap._pin(), bitmap._shift, None
+        lane, shift = bitmap._pin(), bitmap._shift
     return (
         dtype, start, end - size, c.struct.pack, view, base - start,  # type: ignore[union-attr]
-        other, bbase - start, size, size - 1, typed, size.bit_length() - 1, lane, shift, bitmap,
+        bitmap, bbase - start, size, size - 1, typed, size.bit_length() - 1, lane, shift,
     )  # fmt: skip
 
 
@@ -429,15 +423,17 @@ class Bytes:
             try:  # both stores check the value first: a bad one writes nothing
                 if o & f[9]:  # unaligned: no atomicity to keep, one copy
                     f[4][o : o + f[8]] = f[3](value)
-                    if f[14] is not None:
-                        f[14].mark_dirty(addr + f[7], f[8])
+                    if f[6] is not None:
+                        f[6].mark_dirty(addr + f[7], f[8])
                     return None
                 f[10][o >> f[11]] = value  # aligned: one store of the value's width
             except (struct.error, TypeError, ValueError, OverflowError):
                 return self._write_obj(value, addr, dtype)  # says what is wrong
-            f[12][o >> f[13]] = 1  # the page's dirty byte (a dummy when untracked)
             if f[6] is not None:
-                f[6].mark_dirty(addr + f[7], f[8])
+                if f[12] is not None:  # an aligned object lies in one page: its dirty byte
+                    f[12][o >> f[13]] = 1
+                else:
+                    f[6].mark_dirty(addr + f[7], f[8])
             return None
         return self._write_obj(value, addr, dtype)
 
