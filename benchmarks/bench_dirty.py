@@ -111,6 +111,8 @@ class DirtyCopy(Paired):
             "write_slice": partial(self.mem.write_slice, self.src, addr),
             "numpy_copyto": partial(np.copyto, self.dst, self.src),
         }
+        for op in self.ops.values():  # loads the marking kernels, faults the arrays
+            op()
 
     def teardown(self):
         del self.ops
