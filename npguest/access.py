@@ -71,8 +71,14 @@ NO_WINDOW: Window = (1, 0, memoryview(b""), 0, None, 0)
 NO_FAST = (object(), 1, 0, None, None, 0, 1, 0, None, 0, 0)
 """A fast-path entry that no call matches (its dtype is a private object)."""
 
-NO_FASTS = (object(), [], None)
+NO_FASTS = (object(), [], None, {}, {}.get)
 """A per-window table of fast-path entries that no call matches."""
+
+_GRANULE = 21
+"""Fast-path entries are also found by ``addr >> 21`` (2 MiB granules; the literal is
+inlined in the hot paths): one dict lookup instead of a bisect when scalar accesses hop
+between windows."""
+_MAX_GRANULES = 1 << 16
 
 
 def as_byte_view(buf: Any, writable: bool = False) -> memoryview:
@@ -166,6 +172,15 @@ def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+def _fast_table(dtype: Any, c: Codec, windows: int) -> tuple[Any, ...]:
+    """Return a new per-window table of ``dtype``'s fast-path entries.
+
+    ``(dtype, entries, codec, granule directory, the directory's bound get)``.
+    """
+    directory: dict[int, Any] = {}
+    return (dtype, [None] * windows, c, directory, directory.get)
+
+
 def _put(view: memoryview, off: int, c: Codec, value: Any) -> None:
     """Store one plain number at ``view[off]``: one store of its width when aligned.
 
@@ -223,8 +238,8 @@ class Bytes:
     _wstarts: tuple[int, ...]
     _rfast: tuple[Any, ...]
     _wfast: tuple[Any, ...]
-    _rfasts: tuple[Any, list[Any], Codec | None]
-    _wfasts: tuple[Any, list[Any], Codec | None]
+    _rfasts: tuple[Any, list[Any], Codec | None, dict[int, Any], Any]
+    _wfasts: tuple[Any, list[Any], Codec | None, dict[int, Any], Any]
 
     def _atomic_piece(self, addr: int, size: int) -> Piece:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -410,12 +425,8 @@ class Bytes:
         """
         f = self._wfast
         if dtype is f[0] and type(addr) is int:
-            if not f[1] <= addr <= f[2]:
-                i = bisect_right(self._wstarts, addr) - 1
-                if i < 0:
-                    return self._write_obj(value, addr, dtype)
-                table = self._wfasts  # another window: its entry (checked: threads race)
-                f = table[1][i] or self._fast_entry(table, i, write=True)
+            if not f[1] <= addr <= f[2]:  # another window: its entry (checked: threads race)
+                f = self._wfasts[4](addr >> 21) or self._switch(addr, dtype, True)
                 if f[0] is not dtype or not f[1] <= addr <= f[2]:
                     return self._write_obj(value, addr, dtype)
                 self._wfast = f
@@ -454,9 +465,9 @@ class Bytes:
                 self._window = window
                 start, end, view, base, bitmap, bbase = window
             if dtype is not None and c.native is not None and not view.readonly:
+                if self._wfasts[0] is not dtype:  # (the table first: threads race)
+                    self._wfasts = _fast_table(dtype, c, len(self._windows))
                 self._wfast = _write_entry(dtype, c, self._window)
-                if self._wfasts[0] is not dtype:
-                    self._wfasts = (dtype, [None] * len(self._windows), c)
             try:
                 _put(view, base + addr - start, c, value)
             except (struct.error, TypeError, ValueError, OverflowError):
@@ -496,13 +507,11 @@ class Bytes:
         if dtype is f[0] and type(addr) is int:
             if f[1] <= addr <= f[2]:
                 return f[3](f[4], addr + f[5])[0]
-            i = bisect_right(self._wstarts, addr) - 1
-            if i >= 0:  # another window: its entry for this dtype (checked: threads race)
-                table = self._rfasts
-                f = table[1][i] or self._fast_entry(table, i, write=False)
-                if f[0] is dtype and f[1] <= addr <= f[2]:
-                    self._rfast = f
-                    return f[3](f[4], addr + f[5])[0]
+            # another window: its entry for this dtype (checked: threads race)
+            f = self._rfasts[4](addr >> 21) or self._switch(addr, dtype, False)
+            if f[0] is dtype and f[1] <= addr <= f[2]:
+                self._rfast = f
+                return f[3](f[4], addr + f[5])[0]
         return self._read_obj(addr, dtype)
 
     def _read_obj(self, addr: Any, dtype: DTypeLike) -> Any:
@@ -524,18 +533,30 @@ class Bytes:
             start, end, view, base, _, _ = window
         off = base + addr - start
         if c.struct is not None:
+            if self._rfasts[0] is not dtype:  # (the table first: threads race)
+                self._rfasts = _fast_table(dtype, c, len(self._windows))
             self._rfast = _read_entry(dtype, c, self._window)
-            if self._rfasts[0] is not dtype:
-                self._rfasts = (dtype, [None] * len(self._windows), c)
             return c.struct.unpack_from(view, off)[0]
         return c.unpack(view[off : off + size])
 
-    def _fast_entry(self, table: tuple[Any, list[Any], Codec], i: int, write: bool) -> Any:
-        """Build (and keep) the fast-path entry of window ``i`` for the table's dtype."""
-        dtype, entries, c = table
-        window = self._windows[i]
-        entry = _write_entry(dtype, c, window) if write else _read_entry(dtype, c, window)
-        entries[i] = entry
+    def _switch(self, addr: int, dtype: Any, write: bool) -> tuple[Any, ...]:
+        """Return the fast-path entry of the window holding ``addr`` (``NO_FAST`` if none).
+
+        Entries are built on first use and kept per window, and filed under the address's
+        granule so the next hop to this window is one dict lookup.
+        """
+        table = self._wfasts if write else self._rfasts
+        i = bisect_right(self._wstarts, addr) - 1
+        if i < 0 or table[0] is not dtype:
+            return NO_FAST
+        entry = table[1][i]
+        if entry is None:
+            window = self._windows[i]
+            c = table[2]
+            entry = _write_entry(dtype, c, window) if write else _read_entry(dtype, c, window)
+            table[1][i] = entry
+        if entry[1] <= addr <= entry[2] and len(table[3]) < _MAX_GRANULES:
+            table[3][addr >> _GRANULE] = entry
         return entry
 
     # -- streams -------------------------------------------------------------------------

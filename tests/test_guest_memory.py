@@ -1115,3 +1115,24 @@ def test_numpy_sizes_in_ranges():
     assert m.num_regions() == 2 and int(m.last_addr()) == 0x1FFF
     with pytest.raises(GuestMemoryError):  # the span passes 2**64: a typed error, no wrap
         GuestMemoryMmap.from_ranges([(2**64 - 0x1000, np.uint64(0x2000))])
+
+
+def test_scalar_fast_path_hopping_between_windows_sharing_a_granule():
+    """Windows are found by 2 MiB granule after the first hop: small regions share one."""
+    layout = [(i * 0x1000, 0x800) for i in range(8)] + [(3 << 21, 0x1000), (5 << 21, 0x1000)]
+    m = GuestMemoryMmap.from_ranges(layout)
+    model = {}
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        for start, size in rng.permutation(np.array(layout)).tolist():
+            addr = start + int(rng.integers(0, size // 8)) * 8
+            value = int(rng.integers(0, 2**63))
+            m.write_obj(value, addr, "<u8")
+            model[addr] = value
+        for addr, value in model.items():
+            assert m.read_obj(addr, "<u8") == value
+    for hole in (0x800, 0x1FF8, (3 << 21) + 0x1000):
+        with pytest.raises(InvalidGuestAddressError):
+            m.read_obj(hole, "<u8")
+        with pytest.raises(InvalidGuestAddressError):
+            m.write_obj(1, hole, "<u8")
