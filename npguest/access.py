@@ -164,7 +164,12 @@ def _write_entry(dtype: Any, c: Codec, window: Window) -> tuple[Any, ...]:
         return NO_FAST
     typed = view[: len(view) // size * size].cast(c.native)
     lane, shift = None, 0
-    if type(bitmap) is AtomicBitmap and bitmap.page_size() >= size and base == bbase:
+    if (
+        type(bitmap) is AtomicBitmap
+        and bitmap.page_size() >= size
+        and base == bbase
+        and bitmap.byte_size() >= bbase + end - start  # (a smaller bitmap clips by method)
+    ):
         lane, shift = bitmap._pin(), bitmap._shift
     return (
         dtype, start, end - size, c.struct.pack, view, base - start,  # type: ignore[union-attr]

@@ -160,3 +160,18 @@ def test_large_write_slice_marks_every_page(mem):
     mem.write_slice(bytes(0x8000), 0)
     assert mem.dirty_ranges().tolist() == [[0, 0x8000]]
     assert len(pages(mem)) == 8
+
+
+def test_a_bitmap_smaller_than_its_region_ignores_marks_past_its_end():
+    """vm-memory ignores bits past a bitmap's length: so does every write path."""
+    from npguest import GuestRegionMmap, MmapRegion
+
+    bitmap = AtomicBitmap(0x2000, PAGE)  # covers half of the 0x4000-byte mapping
+    m = GuestMemoryMmap.from_regions([GuestRegionMmap(MmapRegion(0x4000, bitmap=bitmap), 0)])
+    for _ in range(2):  # cold and warmed fast path
+        m.write_obj(1, 0x3008, "<u8")
+        m.write_obj(1, 0x1008, "<u8")
+        m.write_objs([1, 2], [0x3010, 0x10], "<u8")
+        m.write_slice(bytes(0x100), 0x1F80)
+    assert bitmap.dirty_pages().tolist() == [0, 1]
+    assert m.read_obj(0x3008, "<u8") == 1
