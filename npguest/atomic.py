@@ -7,12 +7,15 @@ RCU-style.  Readers call :meth:`GuestMemoryAtomic.memory` (one attribute read, n
 an updater takes :meth:`GuestMemoryAtomic.lock` and publishes with
 :meth:`GuestMemoryExclusiveGuard.replace`.  Regions kept by the new memory are the same
 objects, so their contents and dirty bitmaps carry over.
+
+Never ``close()`` a memory you published (a reader may hold it as its snapshot): once no
+reader can hold it any more, close the regions you unplugged instead.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import AddressSpaceError
 from .guest_memory import GuestMemoryMmap
@@ -107,9 +110,17 @@ class GuestMemoryAtomic:
         AddressSpaceError
             The lock could not be taken within ``timeout``.
         """
-        if not self._lock.acquire(timeout=timeout):
+        if not self._lock.acquire(timeout=-1 if timeout < 0 else timeout):
             raise AddressSpaceError(f"the address space lock was not free within {timeout} s")
         return GuestMemoryExclusiveGuard(self)
+
+    def __copy__(self) -> GuestMemoryAtomic:
+        """Return ``self``: copies share the cell, as clones of vm-memory's do."""
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GuestMemoryAtomic:
+        """Return ``self``: an address space is a shared cell, never duplicated."""
+        return self
 
     def __repr__(self) -> str:
         return f"GuestMemoryAtomic({self._memory!r})"
@@ -153,13 +164,16 @@ class GuestMemoryExclusiveGuard:
         Raises
         ------
         TypeError
-            ``memory`` is not a :class:`GuestMemoryMmap`.
+            ``memory`` is not a :class:`GuestMemoryMmap` (nothing is published, and the
+            lock is released all the same).
         AddressSpaceError
             The guard was already spent (replaced or released).
         """
         space = self._held()
-        space._memory = _checked(memory)
-        self.release()
+        try:
+            space._memory = _checked(memory)
+        finally:  # spent either way, like the Rust guard it models (never a leaked lock)
+            self.release()
 
     def release(self) -> None:
         """Release the lock without publishing anything.

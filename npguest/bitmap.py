@@ -18,6 +18,9 @@ never lose a bit and :meth:`AtomicBitmap.get_and_reset` never drops a concurrent
 
 from __future__ import annotations
 
+import mmap
+import operator
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NoReturn, Protocol, runtime_checkable
@@ -186,7 +189,7 @@ class BitmapSlice:
 
     def __init__(self, inner: Bitmap, offset: int) -> None:
         self.inner = inner
-        self.offset = offset % _MOD
+        self.offset = operator.index(offset) % _MOD
 
     def mark_dirty(self, offset: int, length: int) -> None:
         """Mark ``[offset, offset + length)`` of the view dirty in the inner bitmap.
@@ -244,6 +247,20 @@ def _count(name: str, value: Any) -> int:
     return value
 
 
+_INT64_MAX = np.int64(2**63 - 1)
+
+
+def _int64s(values: Any) -> np.ndarray:
+    """Return a flat ``int64`` copy of integers, unsigned ones clipped to ``2**63 - 1``.
+
+    (Offsets that large are past any bitmap's end anyway.)
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind == "u":
+        arr = np.minimum(arr, np.uint64(_INT64_MAX))
+    return np.ascontiguousarray(arr, dtype=np.int64).reshape(-1)
+
+
 def _negative(start: int, length: int) -> NoReturn:
     """Raise the error of a negative ``start`` or ``length``."""
     if start < 0:
@@ -295,6 +312,7 @@ class AtomicBitmap:
 
     __slots__ = (
         "_byte_size",
+        "_lock",
         "_nbits",
         "_page_size",
         "_pages",
@@ -307,13 +325,14 @@ class AtomicBitmap:
         "_wv",
     )
 
-    def __init__(self, byte_size: int, page_size: int = 4096) -> None:
+    def __init__(self, byte_size: int = 0, page_size: int = 4096) -> None:
         page_size = _count("page_size", page_size)
-        if page_size < 1 or page_size & (page_size - 1):
-            raise BitmapError("page_size", page_size, "must be a power of two >= 1")
+        if page_size < 1 or page_size & (page_size - 1) or page_size > 1 << 63:
+            raise BitmapError("page_size", page_size, "must be a power of two in [1, 2**63]")
         self._page_size = page_size
         self._shift = page_size.bit_length() - 1
         self._pinned = False
+        self._lock = threading.Lock()
         self._resize(_count("byte_size", byte_size))
 
     def _resize(self, byte_size: int) -> None:
@@ -330,9 +349,32 @@ class AtomicBitmap:
         self._pv = memoryview(pages)
         self._ptr, self._pptr = words.ctypes.data, pages.ctypes.data
 
+    @classmethod
+    def with_len(cls, byte_size: int) -> AtomicBitmap:
+        """Return a bitmap of ``byte_size`` bytes with the host's page size.
+
+        vm-memory's ``NewBitmap::with_len``.
+
+        Parameters
+        ----------
+        byte_size : int
+            Bytes covered.
+
+        Returns
+        -------
+        AtomicBitmap
+            The bitmap.
+        """
+        return cls(byte_size, mmap.PAGESIZE)
+
     def _pin(self) -> memoryview:
-        """Return the page byte map for a fast path to keep; :meth:`enlarge` then refuses."""
-        self._pinned = True
+        """Return the page byte map for a fast path to keep; :meth:`enlarge` then refuses.
+
+        Under the lock :meth:`enlarge` takes, so a caller reading ``_ptr`` after pinning
+        always reads the words that stay.
+        """
+        with self._lock:
+            self._pinned = True
         return self._pv
 
     def _fold(self) -> np.ndarray:
@@ -390,6 +432,7 @@ class AtomicBitmap:
         BitmapError
             ``start`` or ``length`` is negative.
         """
+        start, length = operator.index(start), operator.index(length)
         if length > 0 and start >= 0:
             first = start >> self._shift
             if first < self._nbits:
@@ -418,6 +461,7 @@ class AtomicBitmap:
         BitmapError
             ``start`` or ``length`` is negative.
         """
+        start, length = operator.index(start), operator.index(length)
         if start < 0 or length < 0:
             _negative(start, length)
         first = start >> self._shift
@@ -522,12 +566,13 @@ class AtomicBitmap:
             ``additional_bytes`` is negative, or the bitmap is in use by a fast path.
         """
         extra = _count("additional_bytes", additional_bytes)
-        if extra and self._pinned:
-            raise BitmapError(
-                "additional_bytes", extra, "memory objects write through this bitmap's words"
-            )
-        if extra:
-            self._resize(self._byte_size + extra)
+        with self._lock:
+            if extra and self._pinned:
+                raise BitmapError(
+                    "additional_bytes", extra, "memory objects write through this bitmap's words"
+                )
+            if extra:
+                self._resize(self._byte_size + extra)
 
     def slice_at(self, offset: int) -> BitmapSlice:
         """Return a view of this bitmap at byte ``offset``.
@@ -624,7 +669,9 @@ class AtomicBitmap:
         ):
             shape = getattr(words, "shape", type(words).__name__)
             raise BitmapError("words", shape, f"need a uint64 array of {nwords} words")
-        words = np.ascontiguousarray(words)
+        words = np.array(words, dtype=np.uint64)  # a copy: bits past len() are dropped
+        if self._nbits % 64:
+            words[-1] &= np.uint64((1 << (self._nbits % 64)) - 1)
         return _k().bitmap_ranges(words, self._shift, self._byte_size)
 
     def mark_dirty_many(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
@@ -640,12 +687,12 @@ class AtomicBitmap:
         BitmapError
             The arrays differ in length or hold a negative value.
         """
-        offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
-        lengths = np.ascontiguousarray(lengths, dtype=np.int64).reshape(-1)
+        offsets, lengths = _int64s(offsets), _int64s(lengths)
         if offsets.shape != lengths.shape:
             raise BitmapError("lengths", lengths.shape[0], f"need {offsets.shape[0]} lengths")
         if offsets.size and min(offsets.min(), lengths.min()) < 0:
             _negative(int(offsets.min()), int(lengths.min()))
+        lengths = np.minimum(lengths, _INT64_MAX - offsets)  # saturating ends, as vm-memory's
         _k().bitmap_mark_ranges(self._ptr, self._nbits, self._shift, offsets, lengths)
 
     def copy(self) -> AtomicBitmap:

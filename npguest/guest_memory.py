@@ -718,8 +718,13 @@ class GuestMemoryMmap(Bytes):
                 rem, i = rem - n, i + 1
 
     # -- dirty tracking ------------------------------------------------------------------
-    def _tracked(self, query: str) -> Iterator[tuple[GuestRegionMmap, Any]]:
-        """Yield ``(region, bound query method)`` for every region with a bitmap."""
+    def _tracked(self, query: str) -> list[tuple[GuestRegionMmap, Any]]:
+        """Return ``(region, bound query method)`` for every region with a bitmap.
+
+        Every bitmap is checked before any is queried, so a query that resets (``get_and_
+        reset_ranges``) never clears some regions and then fails on another.
+        """
+        tracked = []
         for r in self._table.regions:
             if r._bitmap is None:
                 continue
@@ -729,15 +734,19 @@ class GuestMemoryMmap(Bytes):
                     f"the bitmap of the region at {r._start:#x} "
                     f"({type(r._bitmap).__name__}) has no {query}(); use AtomicBitmap"
                 )
-            yield r, method
+            tracked.append((r, method))
+        return tracked
 
     def _guest_ranges(self, query: str) -> np.ndarray:
         """Run a bitmap range query on every tracked region, as coalesced guest ranges."""
         parts = []
         for r, method in self._tracked(query):
             ranges = method()
+            # a bitmap larger than its region may hold marks past the region's end
+            ranges = ranges[ranges[:, 0] < np.uint64(r._len)].copy()
             if ranges.shape[0]:
-                ranges = ranges.copy()
+                ends = np.minimum(ranges[:, 0] + ranges[:, 1], np.uint64(r._len))
+                ranges[:, 1] = ends - ranges[:, 0]
                 ranges[:, 0] += np.uint64(r._start)
                 parts.append(ranges)
         if not parts:
@@ -813,11 +822,10 @@ class GuestMemoryMmap(Bytes):
         TypeError
             A region's bitmap has no ``dirty_pages`` (not an :class:`AtomicBitmap`).
         """
-        parts = [
-            pages * np.uint64(r._bitmap.page_size()) + np.uint64(r._start)
-            for r, method in self._tracked("dirty_pages")
-            if (pages := method()).size
-        ]
+        parts = []
+        for r, method in self._tracked("dirty_pages"):
+            offsets = method() * np.uint64(r._bitmap.page_size())
+            parts.append(offsets[offsets < np.uint64(r._len)] + np.uint64(r._start))
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
 
     def mark_dirty(self, addr: Any, length: int) -> None:

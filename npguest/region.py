@@ -22,6 +22,7 @@ import numpy as np
 from .address import U64_MAX, GuestAddress, MemoryRegionAddress, _u64
 from .bitmap import AtomicBitmap, Bitmap, BitmapFactory, BitmapSlice, NoBitmap
 from .errors import (
+    BitmapError,
     InvalidBackendAddressError,
     InvalidGuestRegionError,
     MemoryRegionOverlapError,
@@ -646,6 +647,11 @@ def regions_from_ranges(
     """
     if not len(ranges):
         raise NoMemoryRegionError()
+    if len(ranges) > 1 and isinstance(bitmap, Bitmap) and not isinstance(bitmap, type):
+        raise BitmapError(
+            "bitmap", type(bitmap).__name__,
+            "one bitmap instance cannot track several regions: pass a factory (e.g. AtomicBitmap)",
+        )  # fmt: skip
     spans = []
     for item in ranges:
         if not 2 <= len(item) <= 3:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 
@@ -48,6 +49,8 @@ def test_guard_rules():
         space.lock(timeout=0.01)  # updaters are serialised
     with pytest.raises(TypeError):
         guard.replace("not a memory")
+    assert "spent" in repr(guard)  # a failed replace publishes nothing but frees the lock
+    guard = space.lock(timeout=0.01)
     guard.replace(space.memory())
     assert "spent" in repr(guard)
     with pytest.raises(AddressSpaceError, match="already used"):
@@ -57,8 +60,10 @@ def test_guard_rules():
     with space.lock():  # leaving the block releases the lock unchanged
         pass
     space.lock(timeout=0.01).release()
+    space.lock(timeout=-5).release()  # any negative timeout waits
     with pytest.raises(TypeError):
         GuestMemoryAtomic(object())
+    assert copy.copy(space) is space and copy.deepcopy(space) is space  # one shared cell
 
 
 def test_hotplug_carries_contents_and_bitmaps():

@@ -386,3 +386,27 @@ def test_pickle_round_trip():
     assert c.dirty_pages().tolist() == [0, 65, 66]
     c.reset()
     assert b.count() == 3
+
+
+def test_review_edge_cases():
+    b = AtomicBitmap()  # vm-memory's Default: tracks nothing
+    assert (b.len(), b.page_size()) == (0, 4096)
+    import mmap as _mmap
+
+    assert AtomicBitmap.with_len(3 * _mmap.PAGESIZE).len() == 3
+    with pytest.raises(BitmapError):
+        AtomicBitmap(10, 2**64)
+    b = AtomicBitmap(16 * 4096)
+    # saturating ends and unsigned offsets, as set_addr_range
+    b.mark_dirty_many(np.array([4096], dtype=np.int64), np.array([2**63 - 1], dtype=np.int64))
+    assert b.count() == 15
+    b.reset()
+    b.mark_dirty_many(np.array([2**63, 2**64 - 1], dtype=np.uint64), np.array([1, 1], np.uint64))
+    assert b.count() == 0
+    b.set_addr_range(np.uint64(4096), np.int64(8192))  # mixed numpy ints
+    assert b.dirty_pages().tolist() == [1, 2]
+    with pytest.raises(TypeError):
+        b.set_addr_range(1.5, 1)
+    assert BitmapSlice(b, np.uint64(5)).offset == 5
+    # stray bits past len() in user words are ignored
+    assert AtomicBitmap(100, 64).ranges_of(np.array([0b101], dtype=np.uint64)).tolist() == [[0, 64]]

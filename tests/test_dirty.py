@@ -175,3 +175,39 @@ def test_a_bitmap_smaller_than_its_region_ignores_marks_past_its_end():
         m.write_slice(bytes(0x100), 0x1F80)
     assert bitmap.dirty_pages().tolist() == [0, 1]
     assert m.read_obj(0x3008, "<u8") == 1
+
+
+def test_one_bitmap_instance_cannot_track_several_regions():
+    from npguest.errors import BitmapError
+
+    with pytest.raises(BitmapError, match="factory"):
+        GuestMemoryMmap.from_ranges([(0, 0x1000), (0x10000, 0x1000)], bitmap=AtomicBitmap(0x1000))
+    one = GuestMemoryMmap.from_ranges([(0, 0x1000)], bitmap=AtomicBitmap(0x1000))
+    one.write_obj(1, 0x10, "<u8")
+    assert one.dirty_ranges().tolist() == [[0, 0x1000]]
+
+
+def test_failed_take_clears_nothing():
+    """get_and_reset_dirty checks every bitmap before it takes any."""
+    from _support import ByteBitmap
+
+    a = GuestMemoryMmap.from_ranges([(0, 0x4000)], bitmap=AtomicBitmap)
+    b = GuestMemoryMmap.from_ranges([(0x4000, 0x4000)], bitmap=ByteBitmap)
+    m = GuestMemoryMmap.from_regions([*a.iter(), *b.iter()])
+    m.write_obj(1, 0x1000, "<u8")
+    with pytest.raises(TypeError):
+        m.get_and_reset_dirty()
+    assert a.dirty_ranges().tolist() == [[0x1000, 0x1000]]
+
+
+def test_oversized_bitmap_marks_stay_inside_the_region():
+    from npguest import GuestRegionMmap, MmapRegion
+
+    bitmap = AtomicBitmap(0x3000, PAGE)
+    r0 = GuestRegionMmap(MmapRegion(0x1000, bitmap=bitmap), 0)
+    r1 = GuestRegionMmap.from_range(0x1000, 0x2000, bitmap=AtomicBitmap)
+    m = GuestMemoryMmap.from_regions([r0, r1])
+    r0.bitmap().mark_dirty(0x1800, 1)  # past r0's end: r1's clean memory must not look dirty
+    m.write_obj(1, 0x10, "u1")
+    assert m.dirty_ranges().tolist() == [[0, 0x1000]]
+    assert m.dirty_pages().tolist() == [0]
