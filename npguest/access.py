@@ -432,7 +432,7 @@ class Bytes:
         if dtype is f[0] and type(addr) is int:
             if not f[1] <= addr <= f[2]:  # another window: its entry (checked: threads race)
                 f = self._wfasts[4](addr >> 21) or self._switch(addr, dtype, True)
-                if f[0] is not dtype or not f[1] <= addr <= f[2]:
+                if f[0] is not dtype:  # (entries found cover addr: see _switch)
                     return self._write_obj(value, addr, dtype)
                 self._wfast = f
             o = addr + f[5]
@@ -514,7 +514,7 @@ class Bytes:
                 return f[3](f[4], addr + f[5])[0]
             # another window: its entry for this dtype (checked: threads race)
             f = self._rfasts[4](addr >> 21) or self._switch(addr, dtype, False)
-            if f[0] is dtype and f[1] <= addr <= f[2]:
+            if f[0] is dtype:  # (entries found cover addr: see _switch)
                 self._rfast = f
                 return f[3](f[4], addr + f[5])[0]
         return self._read_obj(addr, dtype)
@@ -545,10 +545,12 @@ class Bytes:
         return c.unpack(view[off : off + size])
 
     def _switch(self, addr: int, dtype: Any, write: bool) -> tuple[Any, ...]:
-        """Return the fast-path entry of the window holding ``addr`` (``NO_FAST`` if none).
+        """Return the fast-path entry whose range holds ``addr``, or ``NO_FAST``.
 
-        Entries are built on first use and kept per window, and filed under the address's
-        granule so the next hop to this window is one dict lookup.
+        Entries are built on first use and kept per window.  One whose range covers all of
+        the address's 2 MiB granule is also filed under it, so the next hop there is one
+        dict lookup that needs no range check (a granule a window only partly covers
+        keeps taking this bisect).
         """
         table = self._wfasts if write else self._rfasts
         i = bisect_right(self._wstarts, addr) - 1
@@ -560,8 +562,12 @@ class Bytes:
             c = table[2]
             entry = _write_entry(dtype, c, window) if write else _read_entry(dtype, c, window)
             table[1][i] = entry
-        if entry[1] <= addr <= entry[2] and len(table[3]) < _MAX_GRANULES:
-            table[3][addr >> _GRANULE] = entry
+        if not entry[1] <= addr <= entry[2]:
+            return NO_FAST
+        g = addr >> _GRANULE
+        covers = entry[1] <= g << _GRANULE and ((g + 1) << _GRANULE) - 1 <= entry[2]
+        if covers and len(table[3]) < _MAX_GRANULES:
+            table[3][g] = entry
         return entry
 
     # -- streams -------------------------------------------------------------------------
