@@ -463,11 +463,9 @@ class Bytes:
             if type(addr) is not int:
                 addr = _u64(addr, "address")
             if not start <= addr <= end - size:
-                i = bisect_right(self._wstarts, addr) - 1
-                window = self._windows[i] if i >= 0 else NO_WINDOW
-                if i < 0 or addr + size > window[1]:
+                window = self._window_holding(addr, size)
+                if window is None:
                     return self.write_slice(c.pack(value), addr)
-                self._window = window
                 start, end, view, base, bitmap, bbase = window
             if dtype is not None and c.native is not None and not view.readonly:
                 if self._wfasts[0] is not dtype:  # (the table first: threads race)
@@ -528,13 +526,11 @@ class Bytes:
         if type(addr) is not int:
             addr = _u64(addr, "address")
         if not start <= addr <= end - size:
-            i = bisect_right(self._wstarts, addr) - 1
-            window = self._windows[i] if i >= 0 else NO_WINDOW
-            if i < 0 or addr + size > window[1]:
+            window = self._window_holding(addr, size)
+            if window is None:
                 buf = bytearray(size)
                 self.read_slice(buf, addr)
                 return c.unpack(buf)
-            self._window = window
             start, end, view, base, _, _ = window
         off = base + addr - start
         if c.struct is not None:
@@ -543,6 +539,18 @@ class Bytes:
             self._rfast = _read_entry(dtype, c, self._window)
             return c.struct.unpack_from(view, off)[0]
         return c.unpack(view[off : off + size])
+
+    def _window_holding(self, addr: int, size: int) -> Window | None:
+        """Return (and remember as the last hit) the window holding ``[addr, addr + size)``.
+
+        ``None`` when no single window holds it: the caller takes the piecewise path,
+        which reports holes and straddles as the Bytes rules say.
+        """
+        i = bisect_right(self._wstarts, addr) - 1
+        if i < 0 or addr + size > self._windows[i][1]:
+            return None
+        self._window = window = self._windows[i]
+        return window
 
     def _switch(self, addr: int, dtype: Any, write: bool) -> tuple[Any, ...]:
         """Return the fast-path entry whose range holds ``addr``, or ``NO_FAST``.

@@ -39,6 +39,32 @@ class ManyBitmap(ByteBitmap):
             self.bits[off : off + n] = True
 
 
+class RecordingBitmap:
+    """A Bitmap that remembers every ``mark_dirty`` call (byte granularity).
+
+    It records the factory arguments, so the class itself is a factory.
+    """
+
+    def __init__(self, byte_size: int = 0, page_size: int = 0) -> None:
+        self.byte_size, self.page_size = byte_size, page_size
+        self.marks: list[tuple[int, int]] = []
+
+    def mark_dirty(self, offset: int, length: int) -> None:
+        self.marks.append((offset, length))
+
+    def dirty_at(self, offset: int) -> bool:
+        return any(o <= offset < o + n for o, n in self.marks)
+
+    def slice_at(self, offset: int) -> BitmapSlice:
+        return BitmapSlice(self, offset)
+
+    def dirty_bytes(self) -> set[int]:
+        return {o + i for o, n in self.marks for i in range(n)}
+
+    def clear(self) -> None:
+        self.marks.clear()
+
+
 def readonly_file_memory(path: Path, data: bytes, base: int) -> GuestMemoryMmap:
     """Write ``data`` to ``path`` and map all of it read-only at guest ``base``."""
     path.write_bytes(data)

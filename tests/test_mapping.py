@@ -13,9 +13,9 @@ import pickle
 
 import numpy as np
 import pytest
+from _support import RecordingBitmap
 
 from npguest import FileOffset, GuestAddress, GuestMemoryMmap, MmapRegion, NoBitmap, VolatileSlice
-from npguest.bitmap import BitmapSlice
 from npguest.errors import (
     GuestMemoryError,
     MmapRegionError,
@@ -26,21 +26,6 @@ from npguest.errors import (
 from npguest.mapping import PAGE_SIZE
 
 PAGE = PAGE_SIZE
-
-
-class RecordingBitmap:
-    def __init__(self, byte_size: int = 0, page_size: int = 0) -> None:
-        self.byte_size, self.page_size = byte_size, page_size
-        self.marks: list[tuple[int, int]] = []
-
-    def mark_dirty(self, offset: int, length: int) -> None:
-        self.marks.append((offset, length))
-
-    def dirty_at(self, offset: int) -> bool:
-        return any(o <= offset < o + n for o, n in self.marks)
-
-    def slice_at(self, offset: int) -> BitmapSlice:
-        return BitmapSlice(self, offset)
 
 
 def file_pattern(n: int) -> bytes:

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from _support import RecordingBitmap
 
 from npguest import (
     FileOffset,
@@ -41,23 +42,6 @@ from npguest.mapping import PAGE_SIZE
 U64_MAX = 2**64 - 1
 NATIVE = "<" if sys.byteorder == "little" else ">"
 U64 = NATIVE + "u8"
-
-
-class RecordingBitmap:
-    def __init__(self, byte_size: int = 0, page_size: int = 0) -> None:
-        self.marks: list[tuple[int, int]] = []
-
-    def mark_dirty(self, offset: int, length: int) -> None:
-        self.marks.append((offset, length))
-
-    def dirty_at(self, offset: int) -> bool:
-        return any(o <= offset < o + n for o, n in self.marks)
-
-    def slice_at(self, offset: int) -> BitmapSlice:
-        return BitmapSlice(self, offset)
-
-    def dirty_bytes(self) -> set[int]:
-        return {o + i for o, n in self.marks for i in range(n)}
 
 
 @pytest.fixture

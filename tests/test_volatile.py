@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from _support import RecordingBitmap
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -37,28 +38,6 @@ from npguest.errors import (
 U64_MAX = 2**64 - 1
 NATIVE = "<" if sys.byteorder == "little" else ">"
 OTHER = ">" if NATIVE == "<" else "<"
-
-
-class RecordingBitmap:
-    """A Bitmap that remembers every ``mark_dirty`` call (byte granularity)."""
-
-    def __init__(self) -> None:
-        self.marks: list[tuple[int, int]] = []
-
-    def mark_dirty(self, offset: int, length: int) -> None:
-        self.marks.append((offset, length))
-
-    def dirty_at(self, offset: int) -> bool:
-        return any(o <= offset < o + n for o, n in self.marks)
-
-    def slice_at(self, offset: int) -> BitmapSlice:
-        return BitmapSlice(self, offset)
-
-    def dirty_bytes(self) -> set[int]:
-        return {o + i for o, n in self.marks for i in range(n)}
-
-    def clear(self) -> None:
-        self.marks.clear()
 
 
 def aligned_bytes(n: int) -> np.ndarray:
