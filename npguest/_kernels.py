@@ -26,6 +26,7 @@ __all__ = [
     "bitmap_set",
     "bitmap_take",
     "gather",
+    "lane_take",
     "locate",
     "mark_objects",
     "scatter",
@@ -364,43 +365,53 @@ def _pack8(x):
 
 
 @njit(cache=True, nogil=True)
-def bitmap_take(words, pages, out):
-    """Atomically take-and-clear the bitmap into ``out`` (``uint64[nwords]``).
+def bitmap_take(words, out):
+    """Atomically take-and-clear the packed words at host address ``words`` into ``out``.
 
-    ``words`` is the host address of the packed words, ``pages`` that of the page byte
-    map (one byte per page, 64 per word; the lane of Python's scalar marks).  A word read
-    as zero is skipped: a mark landing after that read stays for the next take.  A
-    nonzero word is exchanged with zero, so every mark ends up either in ``out`` or
-    still in the bitmap -- never in neither.  Returns the number of set bits.
+    A word read as zero is skipped: a mark landing after that read stays for the next
+    take.  A nonzero word is exchanged with zero, so every mark ends up either in ``out``
+    or still in the bitmap -- never in neither.
     """
-    total = 0
     for w in range(out.shape[0]):
         at = words + (w << 3)
         v = _atomic_load(at)
-        if v:
-            v = _atomic_xchg(at, 0)
-        for j in range(8):
-            pat = pages + (w << 6) + (j << 3)
-            b = _atomic_load(pat)
-            if b:
-                v |= _pack8(_atomic_xchg(pat, 0)) << np.uint64(j << 3)
-        total += _popcount(v)
-        out[w] = v
-    return total
+        out[w] = _atomic_xchg(at, 0) if v else v
+
+
+@njit(cache=True)
+def lane_take(pages, out):
+    """Take-and-clear the page byte map ``pages`` (``uint64[8 * nwords]``), OR-ing it into ``out``.
+
+    The one kernel that keeps the GIL, on purpose: the byte map is written only by Python
+    code (one byte store per scalar mark, under the GIL), so while this runs no mark can
+    land, and plain loads and stores take it whole -- no atomic exchange per 8 pages.
+    """
+    for w in range(out.shape[0]):
+        g = w << 3
+        any_set = pages[g] | pages[g + 1] | pages[g + 2] | pages[g + 3]
+        if any_set | pages[g + 4] | pages[g + 5] | pages[g + 6] | pages[g + 7]:
+            v = out[w]
+            for j in range(8):
+                v |= _pack8(pages[g + j]) << np.uint64(j << 3)
+                pages[g + j] = 0
+            out[w] = v
 
 
 @njit(cache=True, nogil=True)
 def bitmap_fold(words, pages):
     """Return a snapshot of the packed words with the page byte map folded in.
 
-    ``words`` is ``uint64[nwords]``, ``pages`` the byte map viewed as ``uint64[8 * nwords]``.
+    ``words`` is ``uint64[nwords]``, ``pages`` the byte map viewed as ``uint64[8 * nwords]``;
+    a word's 64 page bytes are tested with one OR first (usually all clear).
     """
-    out = words.copy()
+    out = np.empty_like(words)
     for w in range(out.shape[0]):
-        for j in range(8):
-            b = pages[(w << 3) + j]
-            if b:
-                out[w] |= _pack8(b) << np.uint64(j << 3)
+        v = words[w]
+        g = pages[w << 3 : (w << 3) + 8]
+        if g[0] | g[1] | g[2] | g[3] | g[4] | g[5] | g[6] | g[7]:
+            for j in range(8):
+                v |= _pack8(g[j]) << np.uint64(j << 3)
+        out[w] = v
     return out
 
 
@@ -430,45 +441,46 @@ def bitmap_ranges(words, shift, byte_size):
     """Coalesced dirty byte ranges: an ``(n, 2)`` ``uint64`` array of ``(start, length)``.
 
     Page ``i`` covers bytes ``[i << shift, (i + 1) << shift)``, cut at ``byte_size``.
-    Runs are found from their edges: bit ``b`` of ``x ^ (x << 1 | carry)`` is set where
-    a run starts or ends, so edges alternate start, end, start...; each word's edges are
-    decoded four per loop turn into a buffer with slack (few mispredicted branches).
+    With ``p = x << 1 | carry`` (the previous page's bit), runs start at the bits of
+    ``x & ~p`` and end at those of ``~x & p``.  A word's starts are written first, into
+    the even slots, then its ends as lengths into the odd ones (a run's start is always
+    written before its end is decoded); two per loop turn, into a buffer with slack.
     """
     one = np.uint64(1)
     n = 0
     carry = np.uint64(0)
     for w in range(words.shape[0]):
         x = words[w]
-        n += _popcount(x ^ ((x << one) | carry))
+        n += _popcount(x & ~((x << one) | carry))
         carry = x >> np.uint64(63)
-    n += np.int64(carry)  # a run reaching the last bit ends one past it
-    edges = np.empty(n + 4, dtype=np.uint64)
-    m = 0
+    out = np.empty(2 * n + 4, dtype=np.uint64)
+    ks, ke = 0, 1
     carry = np.uint64(0)
     for w in range(words.shape[0]):
         x = words[w]
-        t = x ^ ((x << one) | carry)
+        p = (x << one) | carry
+        ts, te = x & ~p, ~x & p
         carry = x >> np.uint64(63)
-        base = w << 6
-        k = m
-        m += _popcount(t)
-        while t:  # writes up to 3 slots past the word's edges: overwritten or slack
-            edges[k] = (base + _trailing_zeros(t)) << shift
-            t &= t - one
-            edges[k + 1] = (base + _trailing_zeros(t)) << shift
-            t &= t - one
-            edges[k + 2] = (base + _trailing_zeros(t)) << shift
-            t &= t - one
-            edges[k + 3] = (base + _trailing_zeros(t)) << shift
-            t &= t - one
-            k += 4
-    if carry:
-        edges[m] = words.shape[0] << (6 + shift)
-    if n:  # only the last run can pass the end of the last, partial page
-        edges[n - 1] = min(edges[n - 1], np.uint64(byte_size))
-    for j in range(0, n, 2):  # ends become lengths
-        edges[j + 1] -= edges[j]
-    return edges[:n].reshape(n >> 1, 2)
+        base = np.uint64(w << 6)
+        ns, ne = ks + 2 * _popcount(ts), ke + 2 * _popcount(te)
+        while ts:  # may write one start past the word's: a later start's slot, or slack
+            out[ks] = (base + _trailing_zeros(ts)) << shift
+            ts &= ts - one
+            out[ks + 2] = (base + _trailing_zeros(ts)) << shift
+            ts &= ts - one
+            ks += 4
+        while te:  # likewise one length past: a later end's slot, or slack
+            out[ke] = ((base + _trailing_zeros(te)) << shift) - out[ke - 1]
+            te &= te - one
+            out[ke + 2] = ((base + _trailing_zeros(te)) << shift) - out[ke + 1]
+            te &= te - one
+            ke += 4
+        ks, ke = ns, ne
+    if n:  # the last run may reach the last bit, and pass the end of the last page
+        if carry:
+            out[ke] = np.uint64(words.shape[0] << (6 + shift)) - out[ke - 1]
+        out[2 * n - 1] = min(out[2 * n - 1], np.uint64(byte_size) - out[2 * n - 2])
+    return out[: 2 * n].reshape(n, 2)
 
 
 @njit(cache=True, nogil=True)

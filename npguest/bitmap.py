@@ -278,9 +278,10 @@ class AtomicBitmap:
     batch writes) are set in the packed words by kernels that release the GIL and use
     atomic ORs.  A single page marked from Python (a scalar ``write_obj``) is one plain
     byte store into a page byte map: no read-modify-write, so nothing to lose, and far
-    cheaper than a kernel call.  Every query folds the byte map in, and
-    :meth:`get_and_reset` takes both with atomic exchanges: a mark racing with it lands
-    either in the returned words or in the bitmap afterwards, never in neither.
+    cheaper than a kernel call.  Every query folds the byte map in.  :meth:`get_and_reset`
+    takes the words with atomic exchanges, then the byte map in one kernel that keeps the
+    GIL (under which alone it is written): a mark racing with it lands either in the
+    returned words or in the bitmap afterwards, never in neither.
 
     Parameters
     ----------
@@ -317,7 +318,6 @@ class AtomicBitmap:
         "_page_size",
         "_pages",
         "_pinned",
-        "_pptr",
         "_ptr",
         "_pv",
         "_shift",
@@ -347,7 +347,7 @@ class AtomicBitmap:
         self._words, self._pages = words, pages
         self._wv = memoryview(words).cast("B").cast("Q")
         self._pv = memoryview(pages)
-        self._ptr, self._pptr = words.ctypes.data, pages.ctypes.data
+        self._ptr = words.ctypes.data
 
     @classmethod
     def with_len(cls, byte_size: int) -> AtomicBitmap:
@@ -539,7 +539,8 @@ class AtomicBitmap:
             The ``uint64`` words (bit ``i % 64`` of word ``i // 64`` is page ``i``).
         """
         out = np.empty(-(-self._nbits // 64), dtype=np.uint64)
-        _k().bitmap_take(self._ptr, self._pptr, out)
+        _k().bitmap_take(self._ptr, out)
+        _k().lane_take(self._pages.view(np.uint64), out)
         return out
 
     def reset(self) -> None:

@@ -205,6 +205,32 @@ def ops(npages, page):
     )
 
 
+WORDS = st.lists(
+    st.sampled_from([0, 2**64 - 1, 0x5555555555555555, 1, 1 << 63]) | st.integers(0, 2**64 - 1),
+    max_size=12,
+)
+
+
+@given(words=WORDS, tail=st.integers(0, 4095), shift=st.sampled_from([0, 3, 12, 21]))
+def test_ranges_decode_any_words(words, tail, shift):
+    """The run decoder against a bit-by-bit model: dense, alternating, full and edge words."""
+    page = 1 << shift
+    nbits = 64 * len(words)
+    byte_size = max(nbits * page - tail % page, 0) if words else 0
+    b = AtomicBitmap(byte_size, page)
+    bits = [i for i in range(b.len()) if words[i // 64] >> (i % 64) & 1]
+    want, run = [], None
+    for i in bits:
+        if run and run[1] == i:
+            run[1] = i + 1
+        else:
+            run = [i, i + 1]
+            want.append(run)
+    want = [[s * page, min(e * page, byte_size) - s * page] for s, e in want]
+    arr = np.array(words, dtype=np.uint64)[: -(-b.len() // 64)]
+    assert b.ranges_of(arr).tolist() == want
+
+
 @given(data=st.data(), page=PAGE_SIZES, npages=st.integers(0, 300), tail=st.integers(0, 63))
 def test_matches_a_set_model(data, page, npages, tail):
     byte_size = npages * page + (tail % page)
