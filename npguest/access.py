@@ -3,11 +3,12 @@
 Each memory object (a :class:`~npguest.VolatileSlice`, a region, a guest memory...)
 answers a few questions about an access and the mixin does the rest:
 
-``_pieces(addr, count)``
+``_pieces(addr, count, write=False)``
     The contiguous host pieces ``(view, offset, length, bitmap, bitmap_offset)`` that
     back ``[addr, addr + count)``, with vm-memory's semantics: ``count == 0`` gives no
     pieces and validates nothing; an unbacked *start* raises the object's error; a hole
-    or end *later on* simply ends the list (the access is partial).
+    or end *later on* simply ends the list (the access is partial).  ``write`` says
+    the access writes (an IOMMU checks permissions for it).
 ``_stream_pieces`` / ``_exact_pieces``
     The same for stream reads/writes and for the all-or-error stream variants, where a
     level's bounds rules differ (default: ``_pieces``).
@@ -26,7 +27,7 @@ answers a few questions about an access and the mixin does the rest:
     last dtype, one such entry per window (built on first use), so moving to another
     window costs a ``bisect``.  ``NO_FAST``/``NO_FASTS`` never match; objects reset
     all four whenever their windows change.
-``_atomic_piece(addr, size)``
+``_atomic_piece(addr, size, write=False)``
     The one piece of an aligned atomic access, or the object's error.
 ``_short_stream(expected, completed)``
     The error of an all-or-error stream read that met end-of-stream.
@@ -229,14 +230,16 @@ class Bytes:
     __slots__ = ()
 
     # -- hooks, implemented by each memory object ---------------------------------------
-    def _pieces(self, addr: int, count: int) -> list[Piece]:  # pragma: no cover - abstract
+    def _pieces(  # pragma: no cover - abstract
+        self, addr: int, count: int, write: bool = False
+    ) -> list[Piece]:
         raise NotImplementedError
 
-    def _stream_pieces(self, addr: int, count: int) -> list[Piece]:
-        return self._pieces(addr, count)
+    def _stream_pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:
+        return self._pieces(addr, count, write)
 
-    def _exact_pieces(self, addr: int, count: int) -> list[Piece]:
-        return self._pieces(addr, count)
+    def _exact_pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:
+        return self._pieces(addr, count, write)
 
     _window: Window
     _windows: tuple[Window, ...]
@@ -246,7 +249,9 @@ class Bytes:
     _rfasts: tuple[Any, list[Any], Codec | None, dict[int, Any], Any]
     _wfasts: tuple[Any, list[Any], Codec | None, dict[int, Any], Any]
 
-    def _atomic_piece(self, addr: int, size: int) -> Piece:  # pragma: no cover - abstract
+    def _atomic_piece(  # pragma: no cover - abstract
+        self, addr: int, size: int, write: bool = False
+    ) -> Piece:
         raise NotImplementedError
 
     def _short_stream(self, expected: int, completed: int) -> Exception:
@@ -292,7 +297,7 @@ class Bytes:
             return 0
         addr = _u64(addr, "address")
         done = 0
-        for view, off, n, bitmap, boff in self._writable(self._pieces(addr, count), addr):
+        for view, off, n, bitmap, boff in self._writable(self._pieces(addr, count, True), addr):
             view[off : off + n] = src[done : done + n]
             if bitmap is not None:
                 bitmap.mark_dirty(boff, n)
@@ -612,7 +617,9 @@ class Bytes:
         count = _u64(count, "count")
         addr = _u64(addr, "address")
         done = 0
-        for view, off, n, bitmap, boff in self._writable(self._stream_pieces(addr, count), addr):
+        for view, off, n, bitmap, boff in self._writable(
+            self._stream_pieces(addr, count, True), addr
+        ):
             got = _read_marked(src, view, off, n, bitmap, boff, done)
             done += got
             if got < n:
@@ -649,7 +656,9 @@ class Bytes:
         count = _u64(count, "count")
         addr = _u64(addr, "address")
         done = 0
-        for view, off, n, bitmap, boff in self._writable(self._exact_pieces(addr, count), addr):
+        for view, off, n, bitmap, boff in self._writable(
+            self._exact_pieces(addr, count, True), addr
+        ):
             filled = 0
             while filled < n:
                 got = _read_marked(
@@ -762,7 +771,7 @@ class Bytes:
         """
         c = self._atomic_codec(dtype if dtype is not None else _value_dtype(value, None).dtype)
         addr = _u64(addr, "address")
-        view, off, n, bitmap, boff = self._atomic_piece(addr, c.size)
+        view, off, n, bitmap, boff = self._atomic_piece(addr, c.size, True)
         if view.readonly:
             raise ReadOnlyMemoryError(addr)
         try:

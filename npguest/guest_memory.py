@@ -870,7 +870,7 @@ class GuestMemoryMmap(Bytes):
         return self
 
     # -- Bytes hooks ---------------------------------------------------------------------
-    def _pieces(self, addr: int, count: int) -> list[Piece]:
+    def _pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:
         if not count:
             return []
         i = self._index(addr)
@@ -893,7 +893,7 @@ class GuestMemoryMmap(Bytes):
             if i == len(regions) or starts[i] != addr:
                 return pieces
 
-    def _atomic_piece(self, addr: int, size: int) -> Piece:
+    def _atomic_piece(self, addr: int, size: int, write: bool = False) -> Piece:
         r, off = self._backing(addr)
         return r._atomic_piece(off, size)
 

@@ -205,10 +205,10 @@ class GuestRegionMmap(_Contiguous):
     def _overflow(self, addr: int, count: int) -> Exception:
         return InvalidBackendAddressError(addr, f"offset by {count:#x} would overflow")
 
-    def _stream_pieces(self, addr: int, count: int) -> list[Any]:
+    def _stream_pieces(self, addr: int, count: int, write: bool = False) -> list[Any]:
         if self._mapping._closed:  # else a read at 0 of the emptied view looks like EOF
             raise self._oob(addr)
-        return super()._stream_pieces(addr, count)
+        return super()._stream_pieces(addr, count, write)
 
     # -- GuestMemoryRegion ---------------------------------------------------------------
     def get_mmap(self) -> MmapRegion:

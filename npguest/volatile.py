@@ -147,24 +147,24 @@ class _Contiguous(Bytes):
             raise self._oob(end)
         return end
 
-    def _pieces(self, addr: int, count: int) -> list[Piece]:
+    def _pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:
         if not count:
             return []
         if addr >= self._len:
             raise self._oob(addr)
         return [self._piece(addr, min(count, self._len - addr))]
 
-    def _stream_pieces(self, addr: int, count: int) -> list[Piece]:
+    def _stream_pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:
         if addr > self._len:
             raise self._oob(addr)
         n = min(count, self._len - addr)
         return [self._piece(addr, n)] if n else []
 
-    def _exact_pieces(self, addr: int, count: int) -> list[Piece]:
+    def _exact_pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:
         self._span_end(addr, count)
         return [self._piece(addr, count)] if count else []
 
-    def _atomic_piece(self, addr: int, size: int) -> Piece:
+    def _atomic_piece(self, addr: int, size: int, write: bool = False) -> Piece:
         self._span_end(addr, size)
         host = self._host + self._off + addr
         if host % size:
