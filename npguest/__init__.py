@@ -29,6 +29,16 @@ from .bitmap import AtomicBitmap, Bitmap, BitmapSlice, NoBitmap
 from .dtypes import Be16, Be32, Be64, BeSize, Le16, Le32, Le64, LeSize, as_bytes, from_bytes
 from .errors import GuestMemoryError
 from .guest_memory import GuestMemoryMmap, GuestMemorySliceIterator
+from .iommu import (
+    Iommu,
+    IommuMemory,
+    Iotlb,
+    IotlbIommu,
+    IotlbLookup,
+    IovaRange,
+    MappedRange,
+    Permissions,
+)
 from .mapping import FileOffset, MmapRegion
 from .region import GuestRegionMmap
 from .volatile import PtrGuard, VolatileArrayRef, VolatileRef, VolatileSlice
@@ -55,13 +65,21 @@ __all__ = [
     "GuestMemoryMmap",
     "GuestMemorySliceIterator",
     "GuestRegionMmap",
+    "Iommu",
+    "IommuMemory",
+    "IotlbIommu",
+    "Iotlb",
+    "IotlbLookup",
+    "IovaRange",
     "Le16",
     "Le32",
     "Le64",
     "LeSize",
+    "MappedRange",
     "MemoryRegionAddress",
     "MmapRegion",
     "NoBitmap",
+    "Permissions",
     "PtrGuard",
     "VolatileArrayRef",
     "VolatileRef",

@@ -28,6 +28,7 @@ __all__ = [
     "InvalidGuestAddressError",
     "InvalidGuestRegionError",
     "IommuError",
+    "IommuMisconfiguredError",
     "MemoryRegionOverlapError",
     "MisalignedError",
     "MmapRegionError",
@@ -522,6 +523,14 @@ class InaccessibleError(IommuError, PermissionError):
         # and dropped reason from args: restore both.
         self.args = (iova, length, reason)
         self.errno, self.strerror, self.filename = None, reason, None
+
+
+class IommuMisconfiguredError(IommuError, ValueError):
+    """An IOMMU or IOTLB was given, or gave back, something impossible.
+
+    A zero-length mapping, unknown permission bits, or a translation whose pieces do
+    not add up to the requested length (vm-memory's ``IommuMisconfigured``).
+    """
 
 
 class DumpFormatError(GuestMemoryError, ValueError):

@@ -36,7 +36,7 @@ from .errors import (
 from .region import GuestRegionMmap, RegionTable, regions_from_ranges
 from .volatile import VolatileSlice
 
-__all__ = ["GuestMemoryMmap", "GuestMemorySliceIterator"]
+__all__ = ["GuestMemoryMmap", "GuestMemorySliceIterator", "SliceIterator"]
 
 
 class GuestMemoryMmap(Bytes):
@@ -374,7 +374,7 @@ class GuestMemoryMmap(Bytes):
         a = _u64(addr, "address")
         return GuestAddress(a) if self._index(a) >= 0 else None
 
-    def check_range(self, base: Any, length: int) -> bool:
+    def check_range(self, base: Any, length: int, access: int = 0) -> bool:
         """Return whether every byte of ``[base, base + length)`` is backed.
 
         Adjacent regions count as one range; ``length == 0`` is ``True`` for any base
@@ -386,6 +386,9 @@ class GuestMemoryMmap(Bytes):
             The start.
         length : int
             Bytes.
+        access : Permissions, optional
+            The access (the ``GuestMemory`` view protocol, see :mod:`npguest.iommu`);
+            physical memory is its own identity view, so any access is allowed.
 
         Returns
         -------
@@ -393,6 +396,7 @@ class GuestMemoryMmap(Bytes):
             ``True`` if wholly backed.
         """
         a, n = _u64(base, "base"), _u64(length, "length")
+        _access(access)
         if not n:
             return True
         end = a + n
@@ -474,7 +478,7 @@ class GuestMemoryMmap(Bytes):
         r, off = self._backing(_u64(addr, "address"))
         return r.get_slice(off, count)
 
-    def get_slices(self, addr: Any, count: int) -> GuestMemorySliceIterator:
+    def get_slices(self, addr: Any, count: int, access: int = 1) -> GuestMemorySliceIterator:
         """Iterate over the slices backing ``[addr, addr + count)``, one per region.
 
         Parameters
@@ -483,6 +487,8 @@ class GuestMemoryMmap(Bytes):
             The start.
         count : int
             Bytes (``0`` gives an empty iterator and checks nothing).
+        access : Permissions, optional
+            The access (the ``GuestMemory`` view protocol; any is allowed here).
 
         Returns
         -------
@@ -499,7 +505,18 @@ class GuestMemoryMmap(Bytes):
         >>> [len(s) for s in mem.get_slices(0, 0x500).stop_on_error()]
         [1024]
         """
+        _access(access)
         return GuestMemorySliceIterator(self, _u64(addr, "address"), _u64(count, "count"))
+
+    def physical_memory(self) -> GuestMemoryMmap:
+        """Return this memory: physical memory is its own ``GuestMemory`` view.
+
+        Returns
+        -------
+        GuestMemoryMmap
+            ``self``.
+        """
+        return self
 
     def try_access(
         self,
@@ -931,44 +948,26 @@ class GuestMemoryMmap(Bytes):
         return f"GuestMemoryMmap({n} region{'s' if n != 1 else ''}, {size:#x} bytes)"
 
 
-class GuestMemorySliceIterator:
-    """The slices backing a guest range (vm-memory's ``GuestMemoryBackendSliceIterator``).
+def _access(access: int) -> None:
+    """Check an access kind (a :class:`~npguest.iommu.Permissions` value, 0..3)."""
+    if isinstance(access, bool) or not isinstance(access, int) or not 0 <= access <= 3:
+        raise TypeError(f"access must be a Permissions value (0..3), got {access!r}")
 
-    Iterating yields :class:`VolatileSlice` objects; at a hole it raises
-    :class:`~npguest.errors.InvalidGuestAddressError` and is exhausted afterwards (fused).
 
-    Parameters
-    ----------
-    mem : GuestMemoryMmap
-        The memory.
-    addr : int
-        The start.
-    count : int
-        Bytes.
+class SliceIterator:
+    """Base of the slice iterators: fused iteration and ``stop_on_error()``.
+
+    Subclasses implement ``__next__``, raising the error of a hole once and
+    ``StopIteration`` ever after.
     """
 
-    __slots__ = ("_addr", "_count", "_mem")
+    __slots__ = ()
 
-    def __init__(self, mem: GuestMemoryMmap, addr: int, count: int) -> None:
-        self._mem, self._addr, self._count = mem, addr, count
-
-    def __iter__(self) -> GuestMemorySliceIterator:
+    def __iter__(self) -> SliceIterator:
         return self
 
-    def __next__(self) -> VolatileSlice:
-        if not self._count:
-            raise StopIteration
-        addr = self._addr
-        i = self._mem._index(addr)
-        if i < 0:
-            self._count = 0
-            raise InvalidGuestAddressError(addr)
-        r = self._mem._table.regions[i]
-        off = addr - r._start
-        n = min(r._len - off, self._count)
-        self._count -= n
-        self._addr = addr + n
-        return r.get_slice(off, n)
+    def __next__(self) -> VolatileSlice:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def stop_on_error(self) -> Iterator[VolatileSlice]:
         """Return the leading slices, ending silently at the first hole.
@@ -996,3 +995,40 @@ class GuestMemorySliceIterator:
                 yield next(self)
             except (StopIteration, GuestMemoryError):
                 return
+
+
+class GuestMemorySliceIterator(SliceIterator):
+    """The slices backing a guest range (vm-memory's ``GuestMemoryBackendSliceIterator``).
+
+    Iterating yields :class:`VolatileSlice` objects; at a hole it raises
+    :class:`~npguest.errors.InvalidGuestAddressError` and is exhausted afterwards (fused).
+
+    Parameters
+    ----------
+    mem : GuestMemoryMmap
+        The memory.
+    addr : int
+        The start.
+    count : int
+        Bytes.
+    """
+
+    __slots__ = ("_addr", "_count", "_mem")
+
+    def __init__(self, mem: GuestMemoryMmap, addr: int, count: int) -> None:
+        self._mem, self._addr, self._count = mem, addr, count
+
+    def __next__(self) -> VolatileSlice:
+        if not self._count:
+            raise StopIteration
+        addr = self._addr
+        i = self._mem._index(addr)
+        if i < 0:
+            self._count = 0
+            raise InvalidGuestAddressError(addr)
+        r = self._mem._table.regions[i]
+        off = addr - r._start
+        n = min(r._len - off, self._count)
+        self._count -= n
+        self._addr = addr + n
+        return r.get_slice(off, n)
