@@ -36,6 +36,7 @@ from npguest.errors import (
     InvalidGuestAddressError,
     InvalidGuestRegionError,
     IommuError,
+    IommuMisconfiguredError,
     MemoryRegionOverlapError,
     MisalignedError,
     MmapRegionError,
@@ -83,6 +84,7 @@ HIERARCHY = {
     IommuError: ((), ()),
     CannotResolveError: ((IommuError,), (IndexError,)),
     InaccessibleError: ((IommuError,), (PermissionError,)),
+    IommuMisconfiguredError: ((IommuError,), (ValueError,)),
     DumpFormatError: ((), (ValueError,)),
 }
 
@@ -173,6 +175,11 @@ SAMPLES = {
         (0x1000, 1, "write not permitted"),
         {"iova": 0x1000, "length": 1, "reason": "write not permitted"},
         ["0x1000", "1", "write not permitted"],
+    ),
+    IommuMisconfiguredError: (
+        (0x2000, 0, "a mapping needs a length > 0"),
+        {"iova": 0x2000, "length": 0, "reason": "a mapping needs a length > 0"},
+        ["0x2000", "+0", "length > 0"],
     ),
     DumpFormatError: (
         ("/tmp/guest.dump", 0x40, "e_phnum", "truncated"),

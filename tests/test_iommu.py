@@ -1,0 +1,536 @@
+"""The IOMMU layer: Permissions, the IOTLB's range-map rules, IotlbIommu and IommuMemory.
+
+The IOTLB is checked against a per-byte model (``iova -> (target, permissions)``), and
+IommuMemory against a bytearray model of the physical memory reached through the model.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npguest import (
+    AtomicBitmap,
+    GuestMemoryMmap,
+    IommuMemory,
+    Iotlb,
+    IotlbIommu,
+    IovaRange,
+    MappedRange,
+    Permissions,
+)
+from npguest.errors import (
+    CannotResolveError,
+    GuestAddressOverflowError,
+    InaccessibleError,
+    InvalidBackendAddressError,
+    InvalidGuestAddressError,
+    IommuError,
+    IommuMisconfiguredError,
+    PartialBufferError,
+)
+
+R, W, RW, NO = Permissions.READ, Permissions.WRITE, Permissions.READ_WRITE, Permissions.NO_ACCESS
+
+
+# -- Permissions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("perm", list(Permissions))
+@pytest.mark.parametrize("access", list(Permissions))
+def test_permissions_allow(perm, access):
+    assert perm.allow(access) == ((int(perm) & int(access)) == int(access))
+    assert perm.has_write() == (perm in (W, RW))
+
+
+def test_permissions_are_int_flags():
+    assert R | W == RW and RW & W == W and int(NO) == 0
+    assert Permissions(3) is RW
+
+
+# -- Iotlb: vm-memory's cases ----------------------------------------------------------------
+
+
+def test_merge_contiguous_in_both_spaces():
+    t = Iotlb()
+    t.set_mapping(0x1000, 0x5000, 0x1000, R)
+    t.set_mapping(0x2000, 0x6000, 0x1000, R)
+    assert len(t) == 1
+    assert t.lookup(0x1000, 0x2000, R).hits == [MappedRange(0x5000, 0x2000)]
+
+
+def test_no_merge_for_same_target_base_or_other_permissions():
+    t = Iotlb()
+    t.set_mapping(0x1000, 0x5000, 0x1000, R)
+    t.set_mapping(0x2000, 0x5000, 0x1000, R)  # same target base: a duplicate mapping
+    t.set_mapping(0x3000, 0x6000, 0x1000, RW)  # continues 0x2000's target, other perms
+    assert len(t) == 3
+    assert t.lookup(0x1000, 0x3000, R).hits == [
+        MappedRange(0x5000, 0x1000),
+        MappedRange(0x5000, 0x1000),
+        MappedRange(0x6000, 0x1000),
+    ]
+
+
+def test_observed_misses_and_access_fails():
+    t = Iotlb()
+    t.set_mapping(0x1000, 0x5000, 0x1000, R)
+    r = t.lookup(0x800, 0x1000, W)
+    assert not r.ok
+    assert r.misses == [IovaRange(0x800, 0x800)]
+    assert r.access_fails == [IovaRange(0x1000, 0x800)]
+    assert r.hits == []
+
+
+def test_invalidation_splits():
+    t = Iotlb()
+    t.set_mapping(42, 87, 123, R)
+    t.invalidate_mapping(103, 3)
+    assert t.lookup(42, 61, R).hits == [MappedRange(87, 61)]
+    r = t.lookup(42, 123, R)
+    assert r.misses == [IovaRange(103, 3)] and not r.access_fails
+    assert t.lookup(106, 59, R).hits == [MappedRange(151, 59)]
+    t.invalidate_all()
+    assert t.lookup(42, 123, R).misses == [IovaRange(42, 123)]
+    assert len(t) == 0 and t.entries() == []
+
+
+def test_overwrite_in_the_middle():
+    t = Iotlb()
+    t.set_mapping(0, 0x10000, 0x3000, RW)
+    t.set_mapping(0x1000, 0x90000, 0x1000, R)
+    assert t.entries() == [
+        (0, 0x10000, 0x1000, RW),
+        (0x1000, 0x90000, 0x1000, R),
+        (0x2000, 0x12000, 0x1000, RW),
+    ]
+    t.set_mapping(0x1000, 0x11000, 0x1000, RW)  # restores the original: all coalesce
+    assert t.entries() == [(0, 0x10000, 0x3000, RW)]
+
+
+def test_zero_length_lookup_rule():
+    t = Iotlb()
+    t.set_mapping(0x1000, 0x5000, 0x1000, R)
+    assert t.lookup(0x1800, 0, W).access_fails == [IovaRange(0x1800, 0)]
+    assert t.lookup(0x1000, 0, W).ok  # an entry's first byte
+    assert t.lookup(0x9000, 0, W).ok  # unmapped
+    assert t.lookup(0x1800, 0, R).ok
+
+
+def test_mapping_to_the_top_of_the_address_space():
+    t = Iotlb()
+    top = 2**64 - 0x1000
+    t.set_mapping(top, 0, 0x1000, R)
+    assert t.lookup(2**64 - 1, 1, R).hits == [MappedRange(0xFFF, 1)]
+    pa, ok = t.translate_many([2**64 - 1, top - 1])
+    assert pa.tolist() == [0xFFF, 0] and ok.tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda t: t.set_mapping(0, 0, 0, R), IommuMisconfiguredError),
+        (lambda t: t.invalidate_mapping(0x1000, 0), IommuMisconfiguredError),
+        (lambda t: t.set_mapping(0, 0, 1, 4), IommuMisconfiguredError),
+        (lambda t: t.set_mapping(0, 0, 1, True), IommuMisconfiguredError),
+        (lambda t: t.lookup(0, 1, "r"), IommuMisconfiguredError),
+        (lambda t: t.set_mapping(2**64 - 1, 0, 2, R), GuestAddressOverflowError),
+        (lambda t: t.set_mapping(0, 2**64 - 1, 2, R), GuestAddressOverflowError),
+        (lambda t: t.lookup(2**64 - 1, 2, R), GuestAddressOverflowError),
+        (lambda t: t.lookup(-1, 2, R), GuestAddressOverflowError),
+        (lambda t: t.set_mapping(1.5, 0, 2, R), TypeError),
+    ],
+)
+def test_iotlb_bad_input(call, error):
+    t = Iotlb()
+    with pytest.raises(error) as info:
+        call(t)
+    back = pickle.loads(pickle.dumps(info.value))
+    assert type(back) is error and str(back) == str(info.value)
+    assert len(t) == 0
+
+
+def test_misconfigured_message_names_the_range():
+    with pytest.raises(IommuMisconfiguredError, match=r"0x2000\+0.*length > 0"):
+        Iotlb().set_mapping(0x2000, 0x1000, 0, R)
+
+
+# -- Iotlb against a per-byte model ------------------------------------------------------------
+
+SPACE = 64
+
+
+def tlb_ops():
+    span = st.tuples(st.integers(0, SPACE - 1), st.integers(1, 16)).map(
+        lambda p: (p[0], min(p[1], SPACE - p[0]))
+    )
+    perm = st.sampled_from(list(Permissions))
+    return st.lists(
+        st.one_of(
+            st.tuples(st.just("map"), span, st.integers(0, 200), perm),
+            st.tuples(st.just("unmap"), span),
+            st.tuples(st.just("clear")),
+        ),
+        max_size=30,
+    )
+
+
+def model_lookup(model, iova, length, access):
+    hits, misses, fails = [], [], []
+    for a in range(iova, iova + length):
+        entry = model.get(a)
+        if entry is None:
+            runs, piece = misses, (a, 1)
+        elif Permissions(entry[1]).allow(access):
+            runs, piece = hits, (entry[0], 1)
+        else:
+            runs, piece = fails, (a, 1)
+        last = runs[-1] if runs else None
+        prev_ok = last is not None and last[0] + last[1] == piece[0]
+        if runs is hits:
+            prev_ok = prev_ok and model.get(a - 1, (None,))[0] == piece[0] - 1
+            prev_ok = prev_ok and model.get(a - 1, (0, -1))[1] == entry[1]
+        if prev_ok and (runs is not hits or a - 1 >= iova):
+            runs[-1] = (last[0], last[1] + 1)
+        else:
+            runs.append(piece)
+    return hits, misses, fails
+
+
+def _bytes_of(ranges):
+    return [b for base, n in ranges for b in range(base, base + n)]
+
+
+@given(ops=tlb_ops(), data=st.data())
+def test_iotlb_matches_a_byte_model(ops, data):
+    t = Iotlb()
+    model: dict[int, tuple[int, int]] = {}
+    for op in ops:
+        if op[0] == "map":
+            (iova, n), target, perm = op[1], op[2], op[3]
+            t.set_mapping(iova, target, n, perm)
+            model.update({iova + k: (target + k, int(perm)) for k in range(n)})
+        elif op[0] == "unmap":
+            iova, n = op[1]
+            t.invalidate_mapping(iova, n)
+            for k in range(n):
+                model.pop(iova + k, None)
+        else:
+            t.invalidate_all()
+            model.clear()
+    # entries are maximal: no two neighbours continue each other
+    entries = t.entries()
+    for (s0, t0, n0, p0), (s1, t1, _, p1) in itertools.pairwise(entries):
+        assert s0 + n0 <= s1
+        assert not (s0 + n0 == s1 and t0 + n0 == t1 and p0 == p1)
+    for _ in range(5):
+        iova = data.draw(st.integers(0, SPACE))
+        length = data.draw(st.integers(0, SPACE - iova))
+        access = data.draw(st.sampled_from(list(Permissions)))
+        got = t.lookup(iova, length, access)
+        if length:
+            hits, misses, fails = model_lookup(model, iova, length, access)
+            assert [tuple(h) for h in got.misses] == misses
+            # access failures come one per entry: compare the bytes they cover
+            assert _bytes_of(got.access_fails) == _bytes_of(fails)
+            assert got.ok == (not misses and not fails)
+            # hits: byte-exact translation of every allowed byte, pieces maximal per entry
+            assert _bytes_of(got.hits) == _bytes_of(hits)
+    addrs = np.arange(SPACE + 2, dtype=np.uint64)
+    for access in Permissions:
+        pa, ok = t.translate_many(addrs, access)
+        for a in range(SPACE + 2):
+            entry = model.get(a)
+            want = entry is not None and Permissions(entry[1]).allow(access)
+            assert ok[a] == want
+            assert pa[a] == (entry[0] if want else 0)
+
+
+def test_translate_many_shapes():
+    t = Iotlb()
+    assert t.translate_many(np.zeros((2, 3), dtype=np.uint64))[1].shape == (2, 3)
+    t.set_mapping(0, 0x100, 0x10, R)
+    pa, ok = t.translate_many(np.array([[0, 0x10]], dtype=np.uint64), W)
+    assert pa.tolist() == [[0, 0]] and ok.tolist() == [[False, False]]
+
+
+# -- IotlbIommu ------------------------------------------------------------------------------
+
+
+def test_iotlb_iommu_errors_name_the_failing_part():
+    iommu = IotlbIommu()
+    iommu.iotlb.set_mapping(0x1000, 0x5000, 0x1000, R)
+    with pytest.raises(CannotResolveError) as miss:
+        iommu.translate(0x1800, 0x1000, R)
+    assert (miss.value.iova, miss.value.length) == (0x2000, 0x800)
+    with pytest.raises(InaccessibleError, match="WRITE") as denied:
+        iommu.translate(0x1800, 0x100, W)
+    assert (denied.value.iova, denied.value.length) == (0x1800, 0x100)
+    assert iommu.translate(0x1000, 0, W) == []
+    assert "1 entries" in repr(iommu)
+
+
+def test_fault_handler_refills_once():
+    calls = []
+
+    def fault(iotlb, lookup):
+        calls.append(lookup)
+        for gap in lookup.misses:
+            iotlb.set_mapping(gap.base, IOVA + gap.base, gap.length, RW)
+
+    iommu = IotlbIommu(fault=fault)
+    assert iommu.translate(0x2000, 0x10, W) == [MappedRange(0x102000, 0x10)]
+    assert iommu.translate(0x2000, 0x10, R) == [MappedRange(0x102000, 0x10)]
+    assert len(calls) == 1 and calls[0].misses == [IovaRange(0x2000, 0x10)]
+    stubborn = IotlbIommu(fault=lambda tlb, lookup: None)
+    with pytest.raises(CannotResolveError):
+        stubborn.translate(0, 1, R)
+
+
+# -- IommuMemory: vm-memory's observed cases ------------------------------------------------
+
+
+@pytest.fixture
+def observed():
+    """IOTLB 0x1000+0x1000 -> 0x5000 R, 0x2000+0x1000 -> 0x7000 RW; backend [0x5000, 0x6000)."""
+    mem = GuestMemoryMmap.from_ranges([(0x5000, 0x1000)])
+    iommu = IotlbIommu()
+    iommu.iotlb.set_mapping(0x1000, 0x5000, 0x1000, R)
+    iommu.iotlb.set_mapping(0x2000, 0x7000, 0x1000, RW)
+    return mem, iommu, IommuMemory(mem, iommu)
+
+
+def test_observed_iommu_memory(observed):
+    mem, iommu, dev = observed
+    with pytest.raises(InaccessibleError):
+        dev.write(b"\x01", 0x1000)
+    assert dev.read(bytearray(4), 0x1FFE) == 2
+    with pytest.raises(InvalidGuestAddressError) as hole:
+        dev.read(bytearray(4), 0x2000)
+    assert hole.value.addr == 0x7000  # the physical address
+    with pytest.raises(CannotResolveError):
+        dev.read(bytearray(4), 0x3000)
+    assert dev.read(bytearray(), 0x3000) == 0
+    assert dev.check_range(0x1000, 0x1000, R)
+    assert not dev.check_range(0x1000, 0x1001, R)
+    assert not dev.check_range(0x2000, 1, R)
+    assert not dev.check_range(0x1000, 1, W)
+    assert dev.physical_memory() is None
+    assert dev.get_backend() is mem and dev.iommu() is iommu and dev.get_iommu() is iommu
+    dev.set_iommu_enabled(False)
+    assert not dev.get_iommu_enabled()
+    assert dev.read(bytearray(4), 0x5FFE) == 2
+    assert dev.physical_memory() is mem
+    assert dev.check_range(0x5000, 0x1000)
+
+
+def test_errors_come_before_any_byte_moves(observed):
+    mem, _, dev = observed
+    mem.write_slice(b"\xaa" * 0x1000, 0x5000)
+    with pytest.raises(InaccessibleError):
+        dev.write_slice(b"\x00" * 0x10, 0x1FF8)
+    with pytest.raises(PartialBufferError) as short:
+        dev.read_slice(bytearray(4), 0x1FFE)
+    assert (short.value.expected, short.value.completed) == (4, 2)
+    assert mem.read_bytes(0x5000, 0x1000) == b"\xaa" * 0x1000
+
+
+class ListIommu:
+    """A custom Iommu answering from a fixed list (to test misbehaving ones)."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def translate(self, iova, length, access):
+        return self.pieces
+
+
+@pytest.mark.parametrize("pieces", [[], [(0, 1)], [(0, 3), (8, 3)], [(0, 0), (0, 2)], ["ab"]])
+def test_misbehaving_iommu_is_reported(pieces):
+    dev = IommuMemory(GuestMemoryMmap.from_ranges([(0, 0x100)]), ListIommu(pieces))
+    with pytest.raises(IommuMisconfiguredError):
+        dev.read(bytearray(2), 0x10)
+    assert not dev.check_range(0x10, 2)
+
+
+def test_constructor_checks():
+    mem = GuestMemoryMmap.from_ranges([(0, 0x100)])
+    with pytest.raises(TypeError, match="GuestMemoryMmap"):
+        IommuMemory(bytearray(4), IotlbIommu())
+    with pytest.raises(TypeError, match="translate"):
+        IommuMemory(mem, object())
+    with pytest.raises(IommuMisconfiguredError):
+        IommuMemory(mem, IotlbIommu()).check_range(0, 1, 9)
+    assert "enabled" in repr(IommuMemory(mem, IotlbIommu()))
+
+
+# -- fragmented access against a model -------------------------------------------------------
+
+PAGE = 0x100
+NPAGES = 32
+
+
+IOVA = 0x100000  # IOVA page i is [IOVA + i * PAGE, ...); the IOVA bitmap is indexed by IOVA
+
+
+def iova_bitmap():
+    return AtomicBitmap(IOVA + NPAGES * PAGE, PAGE)
+
+
+def iova_pages(bitmap):
+    return [p - IOVA // PAGE for p in bitmap.dirty_pages().tolist()]
+
+
+def fragmented(seed, holes=()):
+    """Physical memory of NPAGES pages in two regions, minus ``holes``; IOVA page i -> a
+    shuffled physical page, read-only when i % 4 == 3 (the rest RW)."""
+    rng = np.random.default_rng(seed)
+    half = NPAGES // 2 * PAGE
+    mem = GuestMemoryMmap.from_ranges(
+        [(0, half), (half, half)], bitmap=AtomicBitmap, page_size=PAGE
+    )
+    if holes:
+        kept = [(p * PAGE, PAGE) for p in range(NPAGES) if p not in holes]
+        mem = GuestMemoryMmap.from_ranges(kept, bitmap=AtomicBitmap, page_size=PAGE)
+    perm = rng.permutation(NPAGES)
+    iommu = IotlbIommu()
+    for i, p in enumerate(perm.tolist()):
+        iommu.iotlb.set_mapping(IOVA + i * PAGE, p * PAGE, PAGE, R if i % 4 == 3 else RW)
+    return mem, iommu, perm
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    start=st.integers(0, NPAGES * PAGE - 1),
+    length=st.integers(1, 6 * PAGE),
+    payload=st.integers(0, 255),
+)
+def test_fragmented_reads_and_writes_match_the_model(seed, start, length, payload):
+    mem, iommu, perm = fragmented(seed)
+    dev = IommuMemory(mem, iommu, bitmap=iova_bitmap())
+    length = min(length, NPAGES * PAGE - start)
+    phys = bytearray(np.random.default_rng(seed).integers(0, 256, NPAGES * PAGE, dtype=np.uint8))
+    mem.write_slice(phys, 0)
+    mem.get_and_reset_dirty()
+
+    def pa(iova_off):
+        return int(perm[iova_off // PAGE]) * PAGE + iova_off % PAGE
+
+    want = bytes(phys[pa(k)] for k in range(start, start + length))
+    assert dev.read_bytes(IOVA + start, length) == want
+    writable = all((k // PAGE) % 4 != 3 for k in range(start, start + length))
+    if writable:
+        dev.write_slice(bytes([payload]) * length, IOVA + start)
+        for k in range(start, start + length):
+            phys[pa(k)] = payload
+        pages = sorted({k // PAGE for k in range(start, start + length)})
+        assert iova_pages(dev.bitmap()) == pages  # IOVA pages, not physical
+        assert mem.dirty_pages().shape == (0,)  # the physical bitmaps stay clean
+    else:
+        with pytest.raises(InaccessibleError):
+            dev.write_slice(bytes(length), IOVA + start)
+    assert mem.read_bytes(0, NPAGES * PAGE) == bytes(phys)
+
+
+def test_physical_hole_after_the_first_piece_is_partial():
+    mem, iommu, perm = fragmented(3, holes={5})
+    dev = IommuMemory(mem, iommu)
+    i = int(np.flatnonzero(perm == 5)[0])  # the IOVA page landing on the hole
+    if i == 0:
+        pytest.skip("the hole is the first page for this seed")
+    base = IOVA + (i - 1) * PAGE
+    assert dev.read(bytearray(2 * PAGE), base) == PAGE
+    with pytest.raises(InvalidGuestAddressError) as err:
+        dev.read(bytearray(4), base + PAGE)
+    assert err.value.addr == 5 * PAGE
+    slices = dev.get_slices(base, 2 * PAGE)
+    assert len(next(slices)) == PAGE
+    with pytest.raises(InvalidGuestAddressError):
+        next(slices)
+    assert list(slices) == []
+    assert [len(s) for s in dev.get_slices(base, 2 * PAGE).stop_on_error()] == [PAGE]
+
+
+def test_get_slices_are_tracked_in_iova_space():
+    mem, iommu, _ = fragmented(4)
+    bitmap = iova_bitmap()
+    dev = IommuMemory(mem, iommu, bitmap=bitmap)
+    slices = list(dev.get_slices(IOVA + PAGE - 2, 4, W))
+    assert [len(s) for s in slices] == [2, 2]
+    for s in slices:
+        s.write_slice(b"zz", 0)
+    assert iova_pages(bitmap) == [0, 1]
+    assert mem.dirty_pages().shape == (0,)
+    with pytest.raises(InaccessibleError):
+        dev.get_slices(IOVA + 3 * PAGE, 4, W)  # page 3 is read-only: raised up front
+    assert list(dev.get_slices(IOVA, 0, W)) == []
+
+
+def test_disabled_iommu_uses_physical_bitmaps_and_fast_path():
+    mem, iommu, _ = fragmented(5)
+    dev = IommuMemory(mem, iommu, use_iommu=False, bitmap=iova_bitmap())
+    dev.write_obj(7, 3 * PAGE + 8, "<u8")
+    dev.write_obj(8, 3 * PAGE + 16, "<u8")  # the scalar fast path
+    assert dev.read_obj(3 * PAGE + 16, "<u8") == 8
+    assert mem.dirty_pages().tolist() == [3 * PAGE]  # guest addresses of dirty pages
+    assert dev.bitmap().count() == 0
+    assert [len(s) for s in dev.get_slices(0, NPAGES * PAGE)] == [NPAGES // 2 * PAGE] * 2
+    dev.set_iommu_enabled(True)
+    assert dev.read_obj(IOVA + 8, "<u8") == mem.read_obj(int(_[0]) * PAGE + 8, "<u8")
+
+
+def test_objects_streams_and_atomics_through_the_iommu():
+    mem, iommu, perm = fragmented(6)
+    dev = IommuMemory(mem, iommu, bitmap=iova_bitmap())
+    with pytest.raises(InaccessibleError):
+        dev.write_obj(1, IOVA + 4 * PAGE - 4, "<u8")  # pages 2 (RW) and 3 (R)
+    mem.write_obj(0x11223344, int(perm[0]) * PAGE + PAGE - 4, "<u4")
+    mem.write_obj(0x55667788, int(perm[1]) * PAGE, "<u4")
+    mem.get_and_reset_dirty()
+    assert dev.read_obj(IOVA + PAGE - 4, "<u8") == 0x5566778811223344  # two pieces
+    dev.store(0xAB, IOVA + 16, "<u8")
+    assert dev.load(IOVA + 16, "<u8") == 0xAB
+    assert mem.read_obj(int(perm[0]) * PAGE + 16, "<u8") == 0xAB
+    with pytest.raises(InvalidBackendAddressError, match="spans two IOVA pieces"):
+        dev.load(IOVA + PAGE - 4, "<u8")
+    with pytest.raises(InaccessibleError):
+        dev.store(1, IOVA + 3 * PAGE, "<u8")
+    with pytest.raises(InaccessibleError):
+        dev.read_volatile_from(IOVA + 4 * PAGE - 4, io.BytesIO(bytes(8)), 8)
+    assert dev.read_volatile_from(IOVA + PAGE - 4, io.BytesIO(bytes(range(8))), 8) == 8
+    assert mem.read_bytes(int(perm[1]) * PAGE, 4) == bytes(range(4, 8))
+    out = io.BytesIO()
+    assert dev.write_volatile_to(IOVA + 4 * PAGE - 4, out, 8) == 8  # reading R is fine
+    assert iova_pages(dev.bitmap()) == [0, 1]
+    assert mem.dirty_pages().shape == (0,)
+
+
+def test_with_replaced_backend_shares_iommu_and_bitmap():
+    mem, iommu, _ = fragmented(7)
+    dev = IommuMemory(mem, iommu, bitmap=iova_bitmap())
+    other = GuestMemoryMmap.from_ranges([(0, NPAGES * PAGE)])
+    moved = dev.with_replaced_backend(other)
+    assert moved.iommu() is iommu and moved.bitmap() is dev.bitmap()
+    assert moved.get_backend() is other and moved.get_iommu_enabled()
+
+
+def test_guest_memory_is_its_own_view():
+    mem = GuestMemoryMmap.from_ranges([(0, 0x1000)])
+    assert mem.physical_memory() is mem
+    assert mem.check_range(0, 0x1000, W) and not mem.check_range(0, 0x1001, R)
+    assert [len(s) for s in mem.get_slices(0, 0x10, RW)] == [0x10]
+    with pytest.raises(TypeError, match="Permissions"):
+        mem.check_range(0, 1, 7)
+    with pytest.raises(TypeError, match="Permissions"):
+        mem.get_slices(0, 1, "w")
+
+
+def test_iommu_errors_are_iommu_errors():
+    assert issubclass(IommuMisconfiguredError, IommuError)
+    assert issubclass(IommuMisconfiguredError, ValueError)
