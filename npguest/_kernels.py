@@ -14,6 +14,7 @@ from __future__ import annotations
 import llvmlite.ir as ir
 import numpy as np
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "bitmap_ranges",
     "bitmap_set",
     "bitmap_take",
+    "copy_runs",
     "gather",
     "lane_take",
     "locate",
@@ -117,6 +119,19 @@ def _bit_intrinsic(name):
     return count
 
 
+@intrinsic
+def _memcpy(typingctx, dst, src, size):
+    """``memcpy(dst, src, size)`` between host addresses (LLVM's intrinsic: vector moves)."""
+
+    def codegen(context, builder, signature, args):
+        i8p = ir.IntType(8).as_pointer()
+        d, s = builder.inttoptr(args[0], i8p), builder.inttoptr(args[1], i8p)
+        cgutils.raw_memcpy(builder, d, s, args[2], 1)
+        return context.get_dummy_value()
+
+    return types.void(types.int64, types.int64, types.int64), codegen
+
+
 _popcount = _bit_intrinsic("ctpop")
 _trailing_zeros = _bit_intrinsic("cttz")
 
@@ -198,6 +213,25 @@ def locate(starts, ends, hosts, addrs, size, host_out, region_out):
         host_out[k] = hosts[i] + np.int64(a - starts[i])
         region_out[k] = i
     return -1, straddlers
+
+
+@njit(cache=True, nogil=True)
+def copy_runs(base, hosts, lengths, to_memory):
+    """Move consecutive runs of a packed buffer at host address ``base`` to or from memory.
+
+    Run ``k`` is ``lengths[k]`` bytes at host address ``hosts[k]`` (already proven
+    backed, and writable when ``to_memory``).  Runs of up to 8 bytes take :func:`_copy`
+    (the widest single accesses, as vm-memory's small copies), longer ones ``memcpy``.
+    """
+    done = 0
+    for k in range(hosts.shape[0]):
+        n = lengths[k]
+        src, dst = (base + done, hosts[k]) if to_memory else (hosts[k], base + done)
+        if n <= 8:
+            _copy(src, dst, n)
+        else:
+            _memcpy(dst, src, n)
+        done += n
 
 
 @njit(cache=True, nogil=True)

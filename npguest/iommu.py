@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from . import _checks
-from .access import NO_FAST, NO_FASTS, NO_WINDOW, Bytes, Piece
+from .access import NO_FAST, NO_FASTS, NO_WINDOW, Bytes, Piece, as_byte_view
 from .address import U64_MAX, _u64
 from .bitmap import Bitmap, NoBitmap
 from .errors import (
@@ -119,6 +119,10 @@ class Iommu(Protocol):
     raises :class:`~npguest.errors.CannotResolveError` (part of the range is unmapped) or
     :class:`~npguest.errors.InaccessibleError` (mapped without the permissions
     ``access`` needs).  ``length == 0`` returns ``[]``.
+
+    An IOMMU may also offer ``translate_arrays(iova, length, access)`` returning
+    ``(paddrs, lengths)`` arrays, or ``None`` to decline: :class:`IommuMemory` then
+    copies long fragmented ranges in one kernel call instead of piece by piece.
     """
 
     def translate(self, iova: int, length: int, access: Permissions) -> list[MappedRange]:
@@ -373,6 +377,47 @@ class Iotlb:
                 self._arrays = arrays
         return arrays
 
+    def lookup_arrays(
+        self, iova: Any, length: int, access: Permissions | int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Translate ``[iova, iova + length)`` into arrays, when all of it translates.
+
+        The vectorised form of :meth:`lookup` for long, fragmented ranges (two
+        ``searchsorted`` calls, no per-piece Python).
+
+        Parameters
+        ----------
+        iova : int or address
+            First I/O virtual address.
+        length : int
+            Bytes (> 0).
+        access : Permissions
+            The access.
+
+        Returns
+        -------
+        tuple of numpy.ndarray or None
+            ``uint64`` guest physical bases and ``int64`` lengths of the pieces, in IOVA
+            order; ``None`` when some part is unmapped or denies ``access`` (call
+            :meth:`lookup` for the details).
+        """
+        iova, length, end = _span(iova, length)
+        access = _permissions(access)
+        if not length:
+            return None
+        starts, lasts, targets, perms = self._table()
+        i = int(np.searchsorted(lasts, np.uint64(iova), side="left"))
+        j = int(np.searchsorted(starts, np.uint64(end - 1), side="right"))
+        if i >= j:
+            return None
+        lo, hi = starts[i:j].copy(), lasts[i:j].copy()
+        if lo[0] > iova or hi[-1] < end - 1 or (lo[1:] != hi[:-1] + np.uint64(1)).any():
+            return None
+        if ((perms[i:j] & np.uint8(access)) != access).any():
+            return None
+        lo[0], hi[-1] = iova, end - 1
+        return targets[i:j] + (lo - starts[i:j]), (hi - lo).astype(np.int64) + 1
+
     def translate_many(
         self, iovas: Any, access: Permissions | int = Permissions.READ
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -482,6 +527,30 @@ class IotlbIommu:
             raise InaccessibleError(bad.base, bad.length, f"mapped without {_name(access)}")
         return found.hits
 
+    def translate_arrays(
+        self, iova: Any, length: int, access: Permissions | int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Translate a range into arrays when the IOTLB holds all of it (see ``lookup_arrays``).
+
+        Never calls the miss handler: on ``None`` :class:`IommuMemory` takes the
+        per-piece path, whose :meth:`translate` does.
+
+        Parameters
+        ----------
+        iova : int or address
+            First I/O virtual address.
+        length : int
+            Bytes.
+        access : Permissions
+            The access.
+
+        Returns
+        -------
+        tuple of numpy.ndarray or None
+            Physical bases and lengths, or ``None``.
+        """
+        return self.iotlb.lookup_arrays(iova, length, access)
+
     def translate_many(
         self, iovas: Any, access: Permissions | int = Permissions.READ
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -523,6 +592,11 @@ def _translated(iommu: Iommu, iova: int, count: int, access: Permissions) -> lis
             iova, count, f"translate returned pieces of {total} bytes in all"
         )
     return ranges
+
+
+_RUNS_MIN = 1 << 16
+"""Accesses at least this long try :meth:`IommuMemory._copy_runs` (shorter ones gain
+nothing over the per-piece path)."""
 
 
 class IommuMemory(Bytes):
@@ -733,6 +807,55 @@ class IommuMemory(Bytes):
             return IommuMemorySliceIterator(self._backend.get_slices(addr, count))
         ranges = _translated(self._iommu, addr, count, access)
         return IommuMemorySliceIterator(_iova_slices(self._backend, ranges, self._track, addr))
+
+    # -- long fragmented copies ------------------------------------------------------------
+    def write(self, buf: Any, addr: Any) -> int:  # noqa: D102 (Bytes.write's docstring)
+        src = as_byte_view(buf)
+        if self._use and len(src) >= _RUNS_MIN and self._copy_runs(src, addr, True):
+            return len(src)
+        return super().write(src, addr)
+
+    def read(self, buf: Any, addr: Any) -> int:  # noqa: D102 (Bytes.read's docstring)
+        dst = as_byte_view(buf, writable=True)
+        if self._use and len(dst) >= _RUNS_MIN and self._copy_runs(dst, addr, False):
+            return len(dst)
+        return super().read(dst, addr)
+
+    write.__doc__, read.__doc__ = Bytes.write.__doc__, Bytes.read.__doc__
+
+    def _copy_runs(self, view: memoryview, addr: Any, write: bool) -> bool:
+        """Copy all of ``view`` in one kernel call when the IOMMU translates it as arrays.
+
+        ``False`` (nothing done) whenever anything is irregular -- no array translation,
+        a piece outside one region, read-only memory: the per-piece path then does the
+        copy and raises whatever error the rules say.
+        """
+        arrays = getattr(self._iommu, "translate_arrays", None)
+        addr = _u64(addr, "address")
+        found = arrays(addr, len(view), Permissions.WRITE if write else Permissions.READ)
+        if found is None:
+            return False
+        paddrs, lengths = found
+        t = self._backend._table
+        if not t.regions:
+            return False
+        idx = np.searchsorted(t.starts, paddrs, side="right").astype(np.intp) - 1
+        if idx[0] < 0 or (idx < 0).any():
+            return False
+        offsets = (paddrs - t.starts[idx]).astype(np.int64)
+        if (offsets + lengths > t.lens[idx]).any():
+            return False
+        if write and any(t.regions[i]._mv.readonly for i in np.unique(idx).tolist()):
+            return False
+        from . import _kernels
+
+        pins = _checks.open_regions(t)
+        buf = np.frombuffer(view, dtype=np.uint8)
+        _kernels.copy_runs(buf.ctypes.data, t.hosts[idx] + offsets, lengths, write)
+        del pins
+        if write and self._track is not None:
+            self._track.mark_dirty(addr, len(view))
+        return True
 
     # -- Bytes hooks ---------------------------------------------------------------------
     def _pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:

@@ -12,6 +12,7 @@ import pickle
 
 import numpy as np
 import pytest
+from _support import readonly_file_memory
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -34,6 +35,7 @@ from npguest.errors import (
     IommuError,
     IommuMisconfiguredError,
     PartialBufferError,
+    ReadOnlyMemoryError,
 )
 
 R, W, RW, NO = Permissions.READ, Permissions.WRITE, Permissions.READ_WRITE, Permissions.NO_ACCESS
@@ -534,3 +536,94 @@ def test_guest_memory_is_its_own_view():
 def test_iommu_errors_are_iommu_errors():
     assert issubclass(IommuMisconfiguredError, IommuError)
     assert issubclass(IommuMisconfiguredError, ValueError)
+
+
+# -- long fragmented copies (one kernel call) --------------------------------------------------
+
+BIG = 0x1000
+
+
+def big_fragmented(ranges, seed=0, perm_of=lambda i: Permissions.READ_WRITE, **kw):
+    """Physical ``ranges`` (4 KiB pages), every IOVA page i -> a shuffled physical page."""
+    mem = GuestMemoryMmap.from_ranges(ranges, **kw)
+    pages = [a // BIG + k for a, n in ranges for k in range(n // BIG)]
+    order = np.random.default_rng(seed).permutation(len(pages))
+    iommu = IotlbIommu()
+    for i, j in enumerate(order.tolist()):
+        iommu.iotlb.set_mapping(IOVA + i * BIG, pages[j] * BIG, BIG, perm_of(i))
+    phys = np.random.default_rng(seed + 1).integers(0, 256, sum(n for _, n in ranges), np.uint8)
+    done = 0
+    for a, n in ranges:
+        mem.write_slice(phys[done : done + n], a)
+        done += n
+    return mem, iommu, [pages[j] for j in order.tolist()]
+
+
+def through(mem, page_of, start, length):
+    """The bytes at IOVA offset ``start`` read page by page from physical memory."""
+    out = bytearray()
+    for k in range(start // BIG, (start + length - 1) // BIG + 1):
+        lo, hi = max(start, k * BIG), min(start + length, (k + 1) * BIG)
+        out += mem.read_bytes(page_of[k] * BIG + lo - k * BIG, hi - lo)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("start", [0, 0x123, BIG - 1])
+def test_long_fragmented_copies_match_page_by_page(start, monkeypatch):
+    from npguest import _kernels
+
+    calls = []
+    kernel = _kernels.copy_runs
+    monkeypatch.setattr(_kernels, "copy_runs", lambda *a: calls.append(a) or kernel(*a))
+    mem, iommu, page_of = big_fragmented([(0, 0x40000), (0x80000, 0x40000)])
+    bitmap = AtomicBitmap(IOVA + 0x80000, BIG)
+    dev = IommuMemory(mem, iommu, bitmap=bitmap)
+    length = 0x30000 + 5
+    assert dev.read_bytes(IOVA + start, length) == through(mem, page_of, start, length)
+    data = np.random.default_rng(9).integers(0, 256, length, dtype=np.uint8)
+    dev.write_slice(data, IOVA + start)
+    assert through(mem, page_of, start, length) == data.tobytes()
+    first, last = (IOVA + start) // BIG, (IOVA + start + length - 1) // BIG
+    assert bitmap.dirty_pages().tolist() == list(range(first, last + 1))
+    assert mem.dirty_pages().shape == (0,)
+    assert [len(a[1]) for a in calls] == [0x31 + (start + 5 > BIG)] * 2  # one call each
+
+
+def test_long_copy_irregular_cases_take_the_piecewise_rules():
+    # adjacent regions: a piece straddling them is still copied right
+    mem, iommu, page_of = big_fragmented([(0, 0x20000), (0x20000, 0x20000)], seed=3)
+    iommu.iotlb.set_mapping(IOVA + 0x1F800, 0x1F800, 0x1000, RW)  # straddles the boundary
+    dev = IommuMemory(mem, iommu)
+    want = through(mem, page_of, 0, 0x1F800) + mem.read_bytes(0x1F800, 0x1000)
+    want += through(mem, page_of, 0x20800, 0x10000)
+    assert dev.read_bytes(IOVA, 0x30800) == want
+    # a physical hole in the middle: partial, then the error for the first byte
+    mem, iommu, page_of = big_fragmented([(0, 0x40000)], seed=4)
+    iommu.iotlb.set_mapping(IOVA + 0x8000, 0x900000, BIG, RW)
+    dev = IommuMemory(mem, iommu)
+    assert dev.read(bytearray(0x20000), IOVA) == 0x8000
+    with pytest.raises(PartialBufferError):
+        dev.write_slice(bytes(0x20000), IOVA)
+    # unmapped or read-only IOVA pages: the translator's error, nothing written
+    mem, iommu, page_of = big_fragmented(
+        [(0, 0x40000)], seed=5, perm_of=lambda i: R if i == 20 else RW
+    )
+    before = mem.read_bytes(0, 0x40000)
+    dev = IommuMemory(mem, iommu)
+    with pytest.raises(InaccessibleError):
+        dev.write_slice(bytes(0x20000), IOVA)
+    assert dev.read_bytes(IOVA, 0x20000) == through(mem, page_of, 0, 0x20000)
+    iommu.iotlb.invalidate_mapping(IOVA + 0x4000, BIG)
+    with pytest.raises(CannotResolveError):
+        dev.read_bytes(IOVA, 0x20000)
+    assert mem.read_bytes(0, 0x40000) == before
+
+
+def test_long_write_into_read_only_memory_is_refused(tmp_path):
+    mem = readonly_file_memory(tmp_path / "ro.bin", bytes(0x20000), 0)
+    iommu = IotlbIommu()
+    iommu.iotlb.set_mapping(IOVA, 0, 0x20000, RW)
+    dev = IommuMemory(mem, iommu)
+    assert dev.read_bytes(IOVA, 0x20000) == bytes(0x20000)
+    with pytest.raises(ReadOnlyMemoryError):
+        dev.write_slice(b"\x01" * 0x20000, IOVA)
