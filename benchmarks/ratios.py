@@ -1,7 +1,7 @@
 """Measure every speed target of the open issues in one run and print a table.
 
 Usage: ``python benchmarks/ratios.py``.  Rows of the dirty-tracking issue start with
-``3:``; the others are the core issue's.  Each row times npguest and its baseline in this
+``3:``, those of the IOMMU / page-table issue with ``5:``; the others are the core issue's.  Each row times npguest and its baseline in this
 process, interleaved, best of many repeats (the same code as the asv suite's ``time_*``
 and ``track_*_ratio`` benchmarks, which this reuses).  The table reports; it does not
 gate: the exit status is 0 whatever the ratios, non-zero only if a measurement crashed.
@@ -25,6 +25,7 @@ if __package__:
         bench_copy,
         bench_dirty,
         bench_import,
+        bench_iommu,
         bench_scalar,
     )
 else:  # run as a script
@@ -36,6 +37,7 @@ else:  # run as a script
         bench_copy,
         bench_dirty,
         bench_import,
+        bench_iommu,
         bench_scalar,
     )
 
@@ -55,6 +57,8 @@ RATIO_ROWS = [
     (bench_dirty.DirtyScalar, "write_obj", "3: write_obj tracked/untracked", 1.3),
     (bench_dirty.DirtyCopy, "write_slice", "3: write_slice tracked/copyto", 1 / 0.85),
     (bench_dirty.DirtyThreads, "threads", "3: write_objs 4 thr/1 thr time", 1 / 1.5),
+    # issue 5: IOMMU
+    (bench_iommu.Fragmented, "read_slice", "5: IommuMemory read 64 MiB/4 KiB pieces", 1 / 0.5),
 ]
 QUERY_LIMIT_US = 50.0
 
