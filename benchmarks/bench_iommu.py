@@ -12,7 +12,7 @@ import numpy as np
 
 from npguest import IommuMemory, IotlbIommu, Permissions
 
-from ._common import MiB, PAGE, Paired, fault_memory, guest_memory
+from ._common import PAGE, MiB, Paired, fault_memory, guest_memory
 
 SIZE = 64 * MiB
 IOVA = 1 << 40  # far from the physical addresses: translation is never the identity

@@ -1,7 +1,8 @@
 """Measure every speed target of the open issues in one run and print a table.
 
 Usage: ``python benchmarks/ratios.py``.  Rows of the dirty-tracking issue start with
-``3:``, those of the IOMMU / page-table issue with ``5:``; the others are the core issue's.  Each row times npguest and its baseline in this
+``3:``, those of the IOMMU / page-table issue with ``5:``; the others are the core
+issue's.  Each row times npguest and its baseline in this
 process, interleaved, best of many repeats (the same code as the asv suite's ``time_*``
 and ``track_*_ratio`` benchmarks, which this reuses).  The table reports; it does not
 gate: the exit status is 0 whatever the ratios, non-zero only if a measurement crashed.
