@@ -128,22 +128,28 @@ def _backed(memory: Any, addrs: np.ndarray, size: int) -> np.ndarray:
     return (first >= 0) & (last >= 0) & (gaps[last] == gaps[first])
 
 
-def _read(memory: Any, addrs: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    """Read one ``dtype`` object at each address, reporting the unbacked ones.
+def _read(
+    memory: Any, addrs: np.ndarray, dtype: np.dtype, count: int = 1
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read ``count`` consecutive ``dtype`` entries at each address, reporting unbacked ones.
 
-    One ``read_objs`` gather; only when it reports an unbacked object are the addresses
-    located and the backed ones read again.
+    One ``read_objs`` gather (a table of ``count`` entries is one object); only when it
+    reports an unbacked object are the entries located and the backed ones read again.
 
     Returns
     -------
     tuple of (numpy.ndarray, numpy.ndarray or None)
-        The objects (zero where unbacked) and the ``bool`` backed mask, ``None`` when
-        every object is backed.
+        The entries, shaped ``addrs.shape`` (plus ``(count,)`` when ``count > 1``), zero
+        where unbacked, and the ``bool`` mask of the backed ones (``None``: all are).
     """
     try:
-        return memory.read_objs(addrs, dtype), None
-    except InvalidGuestAddressError:
-        backed = _backed(memory, addrs, dtype.itemsize)
+        return memory.read_objs(addrs, np.dtype((dtype, (count,))) if count > 1 else dtype), None
+    except InvalidGuestAddressError as exc:
+        # the failed gather's frames (and the regions they pin) must not outlive it
+        exc.__traceback__ = None
+    if count > 1:
+        addrs = addrs[:, None] + np.arange(count, dtype=_U64) * _U64(dtype.itemsize)
+    backed = _backed(memory, addrs, dtype.itemsize)
     out = np.zeros(addrs.shape, dtype)
     out[backed] = memory.read_objs(addrs[backed], dtype)
     return out, backed
@@ -513,7 +519,7 @@ class X86PageTables:
         tuple of numpy.ndarray
             ``(vaddr, paddr, size, flags)``, ``uint64`` each, sorted by ``vaddr``
             (canonical, sign-extended form in long modes): ranges contiguous in both
-            address spaces with equal :class:`PageFlags` are coalesced.  Tables in
+            address spaces with equal :class:`PageFlags` are coalesced.  Entries in
             unbacked memory map nothing.
 
         Raises
@@ -544,12 +550,12 @@ class X86PageTables:
                 why = f"the {lv.name} level has {base.size} tables, more than max_tables={limit}"
                 raise CannotResolveError(0, 1 << mode.va_bits, why)
             n = 1 << lv.bits
-            e, backed = _read(self._memory, base, np.dtype((mode.entry, (n,))))
-            if backed is not None:
-                e, vbase, flags = e[backed], vbase[backed], flags[backed]
+            e, backed = _read(self._memory, base, mode.entry, n)
             e = e.astype(_U64, copy=False)
             va = vbase[:, None] | (np.arange(n, dtype=_U64) << _U64(lv.shift))
             present = (e & _U64(_PRESENT)) != 0
+            if backed is not None:
+                present &= backed
             flags = np.broadcast_to(self._flags(depth, e, flags[:, None]), e.shape)
             leaf = self._is_leaf(depth, e, present)
             found.append((va[leaf], self._page_base(depth, e[leaf]), 1 << lv.shift, flags[leaf]))
