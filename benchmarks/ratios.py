@@ -27,6 +27,7 @@ if __package__:
         bench_dirty,
         bench_import,
         bench_iommu,
+        bench_paging,
         bench_scalar,
     )
 else:  # run as a script
@@ -39,6 +40,7 @@ else:  # run as a script
         bench_dirty,
         bench_import,
         bench_iommu,
+        bench_paging,
         bench_scalar,
     )
 
@@ -118,6 +120,18 @@ def _value_rows():
             us = seconds * 1e6
             yield (f"3: {label} 1 GiB [{where}]", f"{us:.1f} us", "-", "-",
                    f"<= {QUERY_LIMIT_US:g} us", _verdict(us <= QUERY_LIMIT_US))  # fmt: skip
+    paging = bench_paging.Paging()
+    paging.setup()
+    try:
+        ns, ms = bench_paging.translate_ns(paging), bench_paging.mappings_ms(paging)
+    finally:
+        paging.teardown()
+    yield ("5: translate_many 1M random, 4-level", f"{ns:.1f} ns/addr", "-", "-",
+           f"<= {bench_paging.TRANSLATE_LIMIT_NS:g} ns",
+           _verdict(ns <= bench_paging.TRANSLATE_LIMIT_NS))  # fmt: skip
+    yield ("5: mappings() 100k 4 KiB pages", f"{ms:.1f} ms", "-", "-",
+           f"< {bench_paging.MAPPINGS_LIMIT_MS:g} ms",
+           _verdict(ms < bench_paging.MAPPINGS_LIMIT_MS))  # fmt: skip
     loaded = _common.numba_modules_after_import("npguest")
     yield ("import npguest loads numba", f"{loaded} modules", "0 modules", "-", "== 0",
            _verdict(loaded == 0))  # fmt: skip
