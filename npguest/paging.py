@@ -38,6 +38,7 @@ _NX = 1 << 63
 _PAGE = 1 << 12
 _DEFAULT_PHYS_MASK = ((1 << 52) - 1) & ~(_PAGE - 1)  # bits 51:12
 _U64 = np.uint64
+_ALL = (1 << 64) - 1
 
 
 class PageFlags(enum.IntFlag):
@@ -303,11 +304,20 @@ class X86PageTables:
             base |= ((entries >> _U64(13)) & _U64(0xFF)) << _U64(32) & _U64(self._phys_mask)
         return base
 
-    def _flags(self, depth: int, entries: np.ndarray, flags: np.ndarray) -> np.ndarray:
-        """Combine the flags of the walk so far with level ``depth``'s entries."""
+    def _combine(self, depth: int, entries: np.ndarray, acc: np.ndarray) -> np.ndarray:
+        """Fold level ``depth``'s entries into the walk's flag accumulator.
+
+        The accumulator is the AND of every level's entry with XD inverted (starting
+        from all ones), so R/W and U/S survive only if set everywhere and XD only if
+        set nowhere; :meth:`_effective` turns it into :class:`PageFlags`.
+        """
         if not self._mode.levels[depth].perms:
-            return flags
-        return (flags & entries & _U64(_RW | _US)) | ((flags | entries) & _U64(self._nx))
+            return acc
+        return acc & (entries ^ _U64(self._nx)) if self._nx else acc & entries
+
+    def _effective(self, acc: np.ndarray) -> np.ndarray:
+        """Return the :class:`PageFlags` of flag accumulators."""
+        return (acc & _U64(_RW | _US | self._nx)) ^ _U64(self._nx)
 
     def _walk(self, va: np.ndarray) -> _Walk:
         """Walk flat ``uint64`` virtual addresses level by level (one gather per level)."""
@@ -318,7 +328,7 @@ class X86PageTables:
         pos = np.flatnonzero(ok)  # indices of the addresses still walking
         v = va[pos]
         base = np.full(pos.shape, self._root, _U64)
-        flags = np.full(pos.shape, _RW | _US, _U64)
+        acc = np.full(pos.shape, _ALL, _U64)
         esize = _U64(self._mode.entry.itemsize)
         for depth, lv in enumerate(self._mode.levels):
             if not pos.size:
@@ -329,14 +339,14 @@ class X86PageTables:
             present = (e & _U64(_PRESENT)) != 0
             if backed is not None:
                 present &= backed
-            flags = self._flags(depth, e, flags)
+            acc = self._combine(depth, e, acc)
             leaf = self._is_leaf(depth, e, present)
             if leaf.any():
                 size = 1 << lv.shift
                 at = pos[leaf]
                 out.paddr[at] = self._page_base(depth, e[leaf]) | (v[leaf] & _U64(size - 1))
                 out.size[at] = size
-                out.flags[at] = flags[leaf]
+                out.flags[at] = self._effective(acc[leaf])
             stopped = ~present
             if stopped.any():
                 at = pos[stopped]
@@ -350,7 +360,7 @@ class X86PageTables:
             more = present & ~leaf
             base = e & _U64(self._phys_mask)
             if not more.all():
-                pos, v, base, flags = pos[more], v[more], base[more], flags[more]
+                pos, v, base, acc = pos[more], v[more], base[more], acc[more]
         return out
 
     def translate_many(self, vaddrs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -543,7 +553,7 @@ class X86PageTables:
         mode = self._mode
         vbase = np.zeros(1, _U64)
         base = np.full(1, self._root, _U64)
-        flags = np.full(1, _RW | _US, _U64)
+        acc = np.full(1, _ALL, _U64)
         found: list[tuple[np.ndarray, ...]] = []
         for depth, lv in enumerate(mode.levels):
             if base.size > limit:
@@ -556,11 +566,18 @@ class X86PageTables:
             present = (e & _U64(_PRESENT)) != 0
             if backed is not None:
                 present &= backed
-            flags = np.broadcast_to(self._flags(depth, e, flags[:, None]), e.shape)
+            acc = np.broadcast_to(self._combine(depth, e, acc[:, None]), e.shape)
             leaf = self._is_leaf(depth, e, present)
-            found.append((va[leaf], self._page_base(depth, e[leaf]), 1 << lv.shift, flags[leaf]))
+            found.append(
+                (
+                    va[leaf],
+                    self._page_base(depth, e[leaf]),
+                    1 << lv.shift,
+                    self._effective(acc[leaf]),
+                )
+            )
             more = present & ~leaf
-            vbase, base, flags = va[more], e[more] & _U64(self._phys_mask), flags[more]
+            vbase, base, acc = va[more], e[more] & _U64(self._phys_mask), acc[more]
         vaddr = np.concatenate([f[0] for f in found])
         if mode.canonical:  # sign-extend bit va_bits - 1
             high = (vaddr >> _U64(mode.va_bits - 1)) != 0
