@@ -159,14 +159,17 @@ def located(
             table.starts, table.ends, table.hosts, chunk, size, host, region
         )
         if bad >= 0:
-            a = int(chunk[bad])
-            exc = InvalidGuestAddressError(first_unbacked(table, a, size))
-            exc.add_note(
-                f"element {start + bad}: the {size}-byte object at {a:#x} is not wholly backed"
-            )
-            raise exc
+            del pins  # released first: a caller keeping the error keeps this frame alive
+            raise _not_wholly_backed(table, int(chunk[bad]), start + bad, size)
         yield start, start + chunk.shape[0], host, region if straddlers else _NO_REGIONS, region
     del pins  # (only now may the regions close)
+
+
+def _not_wholly_backed(table: RegionTable, addr: int, element: int, size: int) -> Exception:
+    """Return the error for element ``element``, a ``size``-byte object at ``addr``."""
+    exc = InvalidGuestAddressError(first_unbacked(table, addr, size))
+    exc.add_note(f"element {element}: the {size}-byte object at {addr:#x} is not wholly backed")
+    return exc
 
 
 def region_indices(table: RegionTable, addrs: np.ndarray) -> np.ndarray:

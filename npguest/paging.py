@@ -145,9 +145,8 @@ def _read(
     """
     try:
         return memory.read_objs(addrs, np.dtype((dtype, (count,))) if count > 1 else dtype), None
-    except InvalidGuestAddressError as exc:
-        # the failed gather's frames (and the regions they pin) must not outlive it
-        exc.__traceback__ = None
+    except InvalidGuestAddressError:
+        pass  # some entries are unbacked: read the backed ones only
     if count > 1:
         addrs = addrs[:, None] + np.arange(count, dtype=_U64) * _U64(dtype.itemsize)
     backed = _backed(memory, addrs, dtype.itemsize)

@@ -623,3 +623,19 @@ def test_range_errors_name_the_argument(call, text):
     with pytest.raises(GuestAddressOverflowError) as ei:
         call(mem)
     assert text in str(ei.value)
+
+
+def test_a_kept_error_does_not_keep_regions_pinned():
+    """A failed batch read releases its region pins before raising: a caller keeping the
+    error (and so its traceback's frames) can still close the memory, GC or not."""
+    import gc
+
+    mem = GuestMemoryMmap.from_ranges([(0, 0x10000)])
+    gc.disable()
+    try:
+        with pytest.raises(InvalidGuestAddressError) as kept:
+            mem.read_objs(np.array([0x8, 0x20000], dtype=np.uint64), "<u8")
+        mem.close()
+    finally:
+        gc.enable()
+    assert kept.value.addr == 0x20000
