@@ -40,6 +40,7 @@ from .iommu import (
     Permissions,
 )
 from .mapping import FileOffset, MmapRegion
+from .paging import PageFlags, X86PageTables
 from .region import GuestRegionMmap
 from .volatile import PtrGuard, VolatileArrayRef, VolatileRef, VolatileSlice
 
@@ -79,11 +80,13 @@ __all__ = [
     "MemoryRegionAddress",
     "MmapRegion",
     "NoBitmap",
+    "PageFlags",
     "Permissions",
     "PtrGuard",
     "VolatileArrayRef",
     "VolatileRef",
     "VolatileSlice",
+    "X86PageTables",
     "__version__",
     "as_bytes",
     "errors",

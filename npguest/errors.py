@@ -528,9 +528,16 @@ class InaccessibleError(IommuError, PermissionError):
 class IommuMisconfiguredError(IommuError, ValueError):
     """An IOMMU or IOTLB was given, or gave back, something impossible.
 
-    A zero-length mapping, unknown permission bits, or a translation whose pieces do
-    not add up to the requested length (vm-memory's ``IommuMisconfigured``).
+    A zero-length mapping, unknown permission bits, a bad translator setting, or a
+    translation whose pieces do not add up to the requested length (vm-memory's
+    ``IommuMisconfigured``).  ``iova`` and ``length`` are both 0 when no range is involved.
     """
+
+    def _message(self) -> str:
+        if not (self.iova or self.length):
+            return f"IOMMU misconfigured: {self.reason}"
+        where = f"{_hex(self.iova)}+{self.length}"
+        return f"IOMMU misconfigured at I/O virtual address range {where}: {self.reason}"
 
 
 class DumpFormatError(GuestMemoryError, ValueError):

@@ -28,8 +28,9 @@ from .errors import (
     GuestAddressOverflowError,
     InaccessibleError,
     InvalidGuestAddressError,
+    IommuMisconfiguredError,
 )
-from .iommu import MappedRange, Permissions
+from .iommu import MappedRange, Permissions, _permissions
 
 __all__ = ["PageFlags", "X86PageTables"]
 
@@ -155,15 +156,6 @@ def _read(
     return out, backed
 
 
-def _access(access: object) -> Permissions:
-    """Return ``access`` as :class:`Permissions`, or raise naming it."""
-    if isinstance(access, bool) or not isinstance(access, int):
-        raise TypeError(f"access must be a Permissions value, not {type(access).__name__}")
-    if not 0 <= access <= Permissions.READ_WRITE:
-        raise ValueError(f"access {access} is not a Permissions value")
-    return Permissions(access)
-
-
 class X86PageTables:
     """A guest's x86 page tables, walked in its physical memory (an :class:`Iommu`).
 
@@ -241,7 +233,8 @@ class X86PageTables:
         phys_mask: int | None = None,
     ) -> None:
         if mode not in _MODES:
-            raise ValueError(f"mode {mode!r} is not one of {', '.join(map(repr, _MODES))}")
+            modes = ", ".join(map(repr, _MODES))
+            raise IommuMisconfiguredError(0, 0, f"mode {mode!r} is not one of {modes}")
         missing = [a for a in ("read_objs", "locate", "starts", "ends") if not hasattr(memory, a)]
         if missing:
             raise TypeError(
@@ -254,7 +247,7 @@ class X86PageTables:
         self._cr3 = _u64(cr3, "cr3")
         mask = _DEFAULT_PHYS_MASK if phys_mask is None else _u64(phys_mask, "phys_mask")
         if mask & (_PAGE - 1):
-            raise ValueError(f"phys_mask {mask:#x} has bits below bit 12 set")
+            raise IommuMisconfiguredError(0, 0, f"phys_mask {mask:#x} has bits below bit 12 set")
         self._phys_mask = mask
         self._nx = _NX if nx and m.entry == _Q else 0
         self._root = self._cr3 & (mask if m.root_mask is None else m.root_mask)
@@ -474,7 +467,7 @@ class X86PageTables:
 0x1ffff0+32: virtual address 0x200000: its PD entry at physical 0x2008 is not present
         """
         va, n = _u64(iova, "iova"), _u64(length, "length")
-        need = _access(access)
+        need = _permissions(access)
         if n == 0:
             return []
         if va + n > 1 << 64:

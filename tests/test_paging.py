@@ -14,14 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from npguest import GuestMemoryMmap
+from npguest import FileOffset, GuestMemoryMmap
 from npguest.errors import (
     CannotResolveError,
     GuestAddressOverflowError,
     GuestMemoryError,
     InaccessibleError,
+    IommuMisconfiguredError,
+    ReadOnlyMemoryError,
 )
-from npguest.iommu import Iommu, MappedRange, Permissions
+from npguest.iommu import Iommu, IommuMemory, MappedRange, Permissions
 from npguest.paging import PageFlags, X86PageTables
 
 P, RW, US, PS, PAT, NX = 1, 2, 4, 0x80, 0x1000, 1 << 63
@@ -527,9 +529,9 @@ def test_pathological_output_is_bounded(mem):
 
 # -- bad input ----------------------------------------------------------------------------
 def test_bad_arguments(mem):
-    with pytest.raises(ValueError, match="mode 'x86' is not one of"):
+    with pytest.raises(IommuMisconfiguredError, match="mode 'x86' is not one of"):
         X86PageTables(mem, 0, "x86")
-    with pytest.raises(ValueError, match="phys_mask 0xfff has bits below bit 12"):
+    with pytest.raises(IommuMisconfiguredError, match="phys_mask 0xfff has bits below bit 12"):
         X86PageTables(mem, 0, phys_mask=0xFFF)
     with pytest.raises(TypeError, match="cr3 must be an integer"):
         X86PageTables(mem, "0")
@@ -544,9 +546,9 @@ def test_bad_arguments(mem):
         pt.translate(0, -2, Permissions.READ)
     with pytest.raises(GuestAddressOverflowError, match="overflows"):
         pt.translate((1 << 64) - 1, 2, Permissions.READ)
-    with pytest.raises(TypeError, match="access must be a Permissions"):
+    with pytest.raises(IommuMisconfiguredError, match="access must be a Permissions"):
         pt.translate(0, 1, "r")
-    with pytest.raises(ValueError, match="access 4 is not a Permissions"):
+    with pytest.raises(IommuMisconfiguredError, match=r"Permissions value \(0..3\), got 4"):
         pt.translate(0, 1, 4)
     with pytest.raises(TypeError, match="must be an integer"):
         pt.translate_many([1.5])
@@ -630,3 +632,44 @@ def test_walks_match_the_reference(space, data):
             else:
                 assert pieces == [MappedRange(ref[0], 1)]
         assert as_rows(pt.mappings()) == ref_mappings(mem, mode, b.cr3)
+
+
+# -- IommuMemory over the guest's page tables ----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["4level", "5level", "pae", "32bit"])
+def test_iommu_memory_reads_and_writes_virtual_memory(mem, mode):
+    b = Builder(mem, mode)
+    va = va_for(mode, KIB4)
+    b.map(va, 0x80000)
+    b.map(va + KIB4, 0x40000)  # the next virtual page is physically elsewhere
+    b.map(va + 2 * KIB4, 0x50000, flags=P | US)  # read-only
+    vm = IommuMemory(mem, b.tables_for())
+    vm.write_slice(b"virtual!", va + KIB4 - 4)
+    assert mem.read_bytes(0x80FFC, 4) == b"virt" and mem.read_bytes(0x40000, 4) == b"ual!"
+    assert vm.read_bytes(va + KIB4 - 4, 8) == b"virtual!"
+    assert vm.read_obj(va + KIB4 - 4, "<u8") == int.from_bytes(b"virtual!", "little")
+    with pytest.raises(InaccessibleError):
+        vm.write_obj(1, va + 2 * KIB4, "<u4")
+    assert vm.read_obj(va + 2 * KIB4, "<u4") == 0
+    with pytest.raises(CannotResolveError):
+        vm.read_bytes(va + 3 * KIB4, 1)
+    assert vm.read(bytearray(2 * KIB4 + 8), va + 8) == 2 * KIB4 + 8  # three pages, all mapped
+
+
+def test_virtual_memory_out_of_a_dump_file(mem, tmp_path):
+    b = Builder(mem, "4level")
+    va = 0x7F12_3456_7000
+    b.map(va, 0x60000)
+    mem.write_slice(b"secret", 0x60010)
+    dump = tmp_path / "guest.raw"
+    dump.write_bytes(mem.read_bytes(0, MEM_SIZE))
+    with open(dump, "rb") as f:
+        image = GuestMemoryMmap.from_ranges_with_files(
+            [(0, MEM_SIZE, FileOffset(f, 0))], readonly=True
+        )
+    vm = IommuMemory(image, X86PageTables(image, b.cr3))
+    assert vm.read_bytes(va + 0x10, 6) == b"secret"
+    with pytest.raises(ReadOnlyMemoryError):
+        vm.write_slice(b"x", va)
+    image.close()
