@@ -20,7 +20,6 @@ from numba.extending import intrinsic
 __all__ = [
     "bitmap_clear",
     "bitmap_count",
-    "bitmap_fold",
     "bitmap_mark_ranges",
     "bitmap_pages",
     "bitmap_ranges",
@@ -429,24 +428,6 @@ def lane_take(pages, out):
                 v |= _pack8(pages[g + j]) << np.uint64(j << 3)
                 pages[g + j] = 0
             out[w] = v
-
-
-@njit(cache=True, nogil=True)
-def bitmap_fold(words, pages):
-    """Return a snapshot of the packed words with the page byte map folded in.
-
-    ``words`` is ``uint64[nwords]``, ``pages`` the byte map viewed as ``uint64[8 * nwords]``;
-    a word's 64 page bytes are tested with one OR first (usually all clear).
-    """
-    out = np.empty_like(words)
-    for w in range(out.shape[0]):
-        v = words[w]
-        g = pages[w << 3 : (w << 3) + 8]
-        if g[0] | g[1] | g[2] | g[3] | g[4] | g[5] | g[6] | g[7]:
-            for j in range(8):
-                v |= _pack8(g[j]) << np.uint64(j << 3)
-        out[w] = v
-    return out
 
 
 @njit(cache=True, nogil=True)

@@ -378,8 +378,12 @@ class AtomicBitmap:
         return self._pv
 
     def _fold(self) -> np.ndarray:
-        """Return a snapshot of all the words (the page byte map folded in)."""
-        return _k().bitmap_fold(self._words, self._pages.view(np.uint64))
+        """Return a snapshot of all the words (the page byte map folded in).
+
+        ``packbits`` makes byte ``64 * w + b`` of the map bit ``b`` of word ``w`` (bytes
+        are little-endian within a word on every host numba targets here).
+        """
+        return self._words | np.packbits(self._pages, bitorder="little").view(np.uint64)
 
     # -- vm-memory's methods ---------------------------------------------------------------
     def len(self) -> int:
