@@ -29,6 +29,7 @@ from .errors import (
     CallbackOutOfRangeError,
     GuestMemoryError,
     InvalidGuestAddressError,
+    IommuMisconfiguredError,
     MmapRegionError,
     NoMemoryRegionError,
     PartialBufferError,
@@ -951,7 +952,9 @@ class GuestMemoryMmap(Bytes):
 def _access(access: int) -> None:
     """Check an access kind (a :class:`~npguest.iommu.Permissions` value, 0..3)."""
     if isinstance(access, bool) or not isinstance(access, int) or not 0 <= access <= 3:
-        raise TypeError(f"access must be a Permissions value (0..3), got {access!r}")
+        raise IommuMisconfiguredError(
+            0, 0, f"access must be a Permissions value (0..3), got {access!r}"
+        )
 
 
 class SliceIterator:

@@ -599,6 +599,30 @@ _RUNS_MIN = 1 << 16
 nothing over the per-piece path)."""
 
 
+def _checked_runs(found: Any, iova: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Check ``translate_arrays``'s answer for ``[iova, iova + count)``.
+
+    It must be two 1-D integer arrays of one non-zero length: bases >= 0, and lengths > 0
+    adding up to ``count`` exactly.  Returns them as ``uint64`` and ``int64``; raises
+    :class:`IommuMisconfiguredError` otherwise.
+    """
+    try:
+        paddrs, lengths = (np.asarray(a) for a in found)
+    except (TypeError, ValueError):
+        paddrs = lengths = np.zeros(0)
+    ok = paddrs.ndim == 1 and paddrs.shape == lengths.shape and paddrs.size > 0
+    ok = ok and paddrs.dtype.kind in "iu" and lengths.dtype.kind in "iu"
+    ok = ok and paddrs.min() >= 0 and lengths.min() > 0
+    if ok:  # each run > 0: a running total that never decreases did not wrap
+        total = np.cumsum(lengths.astype(np.uint64))
+        ok = bool(total[-1] == count) and bool((total[1:] > total[:-1]).all())
+    if not ok:
+        raise IommuMisconfiguredError(
+            iova, count, "translate_arrays must return bases >= 0 and runs > 0 adding up to it"
+        )
+    return paddrs.astype(np.uint64), lengths.astype(np.int64)
+
+
 class IommuMemory(Bytes):
     """Guest memory as a device sees it: I/O virtual addresses translated by an IOMMU.
 
@@ -664,7 +688,12 @@ class IommuMemory(Bytes):
         self._backend, self._iommu = backend, iommu
         self._bitmap = NoBitmap() if bitmap is None else bitmap
         self._track = None if isinstance(self._bitmap, NoBitmap) else self._bitmap
-        self.set_iommu_enabled(use_iommu)
+        self._use = bool(use_iommu)
+        # No scalar fast-path windows, ever: every access asks the backend as it is now
+        # (its regions may close or change) through _pieces.
+        self._windows, self._wstarts, self._window = (), (), NO_WINDOW
+        self._rfast = self._wfast = NO_FAST
+        self._rfasts = self._wfasts = NO_FASTS
 
     def with_replaced_backend(self, backend: GuestMemoryMmap) -> IommuMemory:
         """Return a view of ``backend`` sharing this one's IOMMU, flag and IOVA bitmap.
@@ -690,12 +719,6 @@ class IommuMemory(Bytes):
             ``True``: addresses are IOVAs.  ``False``: they are guest physical.
         """
         self._use = bool(enabled)
-        b = self._backend
-        # Disabled, the scalar fast path may use the backend's windows (identity).
-        self._windows, self._wstarts = ((), ()) if self._use else (b._windows, b._wstarts)
-        self._window = NO_WINDOW
-        self._rfast = self._wfast = NO_FAST
-        self._rfasts = self._wfasts = NO_FASTS
 
     def get_iommu_enabled(self) -> bool:
         """Return whether addresses are translated.
@@ -803,7 +826,7 @@ class IommuMemory(Bytes):
         """
         addr, count = _u64(addr, "address"), _u64(count, "count")
         access = _permissions(access)
-        if not self._use or not count:
+        if not self._use:
             return IommuMemorySliceIterator(self._backend.get_slices(addr, count))
         ranges = _translated(self._iommu, addr, count, access)
         return IommuMemorySliceIterator(_iova_slices(self._backend, ranges, self._track, addr))
@@ -811,14 +834,20 @@ class IommuMemory(Bytes):
     # -- long fragmented copies ------------------------------------------------------------
     def write(self, buf: Any, addr: Any) -> int:  # noqa: D102 (Bytes.write's docstring)
         src = as_byte_view(buf)
-        if self._use and len(src) >= _RUNS_MIN and self._copy_runs(src, addr, True):
-            return len(src)
+        if self._use and (len(src) >= _RUNS_MIN or not src):
+            if not src:  # a zero-length access is still translated (vm-memory)
+                return len(self._pieces(_u64(addr, "address"), 0, True))
+            if self._copy_runs(src, addr, True):
+                return len(src)
         return super().write(src, addr)
 
     def read(self, buf: Any, addr: Any) -> int:  # noqa: D102 (Bytes.read's docstring)
         dst = as_byte_view(buf, writable=True)
-        if self._use and len(dst) >= _RUNS_MIN and self._copy_runs(dst, addr, False):
-            return len(dst)
+        if self._use and (len(dst) >= _RUNS_MIN or not dst):
+            if not dst:
+                return len(self._pieces(_u64(addr, "address"), 0, False))
+            if self._copy_runs(dst, addr, False):
+                return len(dst)
         return super().read(dst, addr)
 
     write.__doc__, read.__doc__ = Bytes.write.__doc__, Bytes.read.__doc__
@@ -831,41 +860,45 @@ class IommuMemory(Bytes):
         copy and raises whatever error the rules say.
         """
         arrays = getattr(self._iommu, "translate_arrays", None)
-        addr = _u64(addr, "address")
-        found = arrays(addr, len(view), Permissions.WRITE if write else Permissions.READ)
+        if arrays is None:
+            return False
+        addr, count = _u64(addr, "address"), len(view)
+        found = arrays(addr, count, Permissions.WRITE if write else Permissions.READ)
         if found is None:
             return False
-        paddrs, lengths = found
+        paddrs, lengths = _checked_runs(found, addr, count)
         t = self._backend._table
-        if not t.regions:
-            return False
+        buf = np.frombuffer(view, dtype=np.uint8)
+        host, end = buf.ctypes.data, buf.ctypes.data + count
+        if not t.regions or ((t.hosts < end) & (t.hosts + t.lens > host)).any():
+            return False  # (a buffer inside guest memory: the piecewise memmove handles overlap)
         idx = np.searchsorted(t.starts, paddrs, side="right").astype(np.intp) - 1
-        if idx[0] < 0 or (idx < 0).any():
+        if (idx < 0).any():
             return False
-        offsets = (paddrs - t.starts[idx]).astype(np.int64)
-        if (offsets + lengths > t.lens[idx]).any():
-            return False
+        offsets = paddrs - t.starts[idx]  # uint64: < 2**64 as paddrs >= starts[idx]
+        room = t.lens[idx].astype(np.uint64)
+        if ((offsets >= room) | (lengths.astype(np.uint64) > room - offsets)).any():
+            return False  # some run leaves its region (a hole, or the next region)
         if write and any(t.regions[i]._mv.readonly for i in np.unique(idx).tolist()):
             return False
         from . import _kernels
 
         pins = _checks.open_regions(t)
-        buf = np.frombuffer(view, dtype=np.uint8)
-        _kernels.copy_runs(buf.ctypes.data, t.hosts[idx] + offsets, lengths, write)
+        _kernels.copy_runs(host, t.hosts[idx] + offsets.astype(np.int64), lengths, write)
         del pins
         if write and self._track is not None:
-            self._track.mark_dirty(addr, len(view))
+            self._track.mark_dirty(addr, count)
         return True
 
     # -- Bytes hooks ---------------------------------------------------------------------
     def _pieces(self, addr: int, count: int, write: bool = False) -> list[Piece]:
         b = self._backend
-        if not self._use or not count:
+        if not self._use:
             return b._pieces(addr, count, write)
         access = Permissions.WRITE if write else Permissions.READ
         pieces: list[Piece] = []
         iova, track = addr, self._track
-        for base, length in _translated(self._iommu, addr, count, access):
+        for base, length in _translated(self._iommu, addr, count, access):  # even count 0
             try:
                 found = b._pieces(base, length, write)
             except GuestMemoryError:

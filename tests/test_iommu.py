@@ -474,11 +474,11 @@ def test_get_slices_are_tracked_in_iova_space():
     assert list(dev.get_slices(IOVA, 0, W)) == []
 
 
-def test_disabled_iommu_uses_physical_bitmaps_and_fast_path():
+def test_disabled_iommu_uses_physical_bitmaps():
     mem, iommu, _ = fragmented(5)
     dev = IommuMemory(mem, iommu, use_iommu=False, bitmap=iova_bitmap())
     dev.write_obj(7, 3 * PAGE + 8, "<u8")
-    dev.write_obj(8, 3 * PAGE + 16, "<u8")  # the scalar fast path
+    dev.write_obj(8, 3 * PAGE + 16, "<u8")
     assert dev.read_obj(3 * PAGE + 16, "<u8") == 8
     assert mem.dirty_pages().tolist() == [3 * PAGE]  # guest addresses of dirty pages
     assert dev.bitmap().count() == 0
@@ -527,9 +527,9 @@ def test_guest_memory_is_its_own_view():
     assert mem.physical_memory() is mem
     assert mem.check_range(0, 0x1000, W) and not mem.check_range(0, 0x1001, R)
     assert [len(s) for s in mem.get_slices(0, 0x10, RW)] == [0x10]
-    with pytest.raises(TypeError, match="Permissions"):
+    with pytest.raises(IommuMisconfiguredError, match="Permissions"):
         mem.check_range(0, 1, 7)
-    with pytest.raises(TypeError, match="Permissions"):
+    with pytest.raises(IommuMisconfiguredError, match="Permissions"):
         mem.get_slices(0, 1, "w")
 
 
@@ -627,3 +627,113 @@ def test_long_write_into_read_only_memory_is_refused(tmp_path):
     assert dev.read_bytes(IOVA, 0x20000) == bytes(0x20000)
     with pytest.raises(ReadOnlyMemoryError):
         dev.write_slice(b"\x01" * 0x20000, IOVA)
+
+
+# -- regressions from review -----------------------------------------------------------------
+
+
+def test_runs_far_past_a_region_never_touch_host_memory():
+    """A mapping to a physical address 2**63 past a region must not reach host memory."""
+    mem = GuestMemoryMmap.from_ranges([(0x1000, 0x10000)])
+    victim = np.zeros(0x10000, dtype=np.uint8)
+    iommu = IotlbIommu()
+    paddr = (0x1000 + victim.ctypes.data - mem.get_host_address(0x1000)) % 2**64
+    iommu.iotlb.set_mapping(0, paddr, 0x10000, RW)
+    dev = IommuMemory(mem, iommu)
+    with pytest.raises(InvalidGuestAddressError):
+        dev.write(b"\xaa" * 0x10000, 0)
+    with pytest.raises(InvalidGuestAddressError):
+        dev.read(bytearray(0x10000), 0)
+    assert not victim.any()
+
+
+class ArrayIommu(IotlbIommu):
+    """An IOTLB IOMMU whose ``translate_arrays`` answers something fixed."""
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer = answer
+        self.iotlb.set_mapping(0, 0, 0x10000, RW)
+
+    def translate_arrays(self, iova, length, access):
+        return self.answer
+
+
+U, S = np.uint64, np.int64
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (np.array([0], U), np.array([0x20000], S)),  # more than asked
+        (np.array([0], U), np.array([0x100], S)),  # less
+        (np.array([], U), np.array([], S)),
+        (np.array([0, 0], U), np.array([0x10001, -1], S)),
+        (np.array([-1], S), np.array([0x10000], S)),
+        (np.array([0, 0], U), np.array([2**63, 2**63 + 0x10000], U)),  # wraps to 0x10000
+        (np.array([0.0]), np.array([65536.0])),
+        (np.zeros((1, 1), U), np.array([[0x10000]], S)),
+        ("not", "arrays", "at all"),
+    ],
+)
+def test_translate_arrays_answers_are_checked(answer):
+    dev = IommuMemory(GuestMemoryMmap.from_ranges([(0, 0x10000)]), ArrayIommu(answer))
+    with pytest.raises(IommuMisconfiguredError):
+        dev.read(bytearray(0x10000), 0)
+
+
+def test_translate_arrays_valid_answers_of_any_integer_kind():
+    for answer in [([0x8000, 0], [0x8000, 0x8000]), (np.array([0], S), np.array([0x10000], U))]:
+        mem = GuestMemoryMmap.from_ranges([(0, 0x10000)])
+        mem.write_slice(bytes(range(256)) * 256, 0)
+        dev = IommuMemory(mem, ArrayIommu(answer))
+        first = int(answer[0][0])
+        want = mem.read_bytes(first, 0x10000 - first) + mem.read_bytes(0, first)
+        assert dev.read_bytes(0, 0x10000) == want
+
+
+def test_backend_closes_under_an_iommu_view_in_either_mode():
+    for enabled in (False, True):
+        mem = GuestMemoryMmap.from_ranges([(0, 0x1000)])
+        dev = IommuMemory(mem, IotlbIommu(), use_iommu=enabled)
+        mem.write_obj(7, 0x100, "<u8")
+        dev.set_iommu_enabled(False)
+        assert dev.read_obj(0x100, "<u8") == 7
+        mem.close()
+        with pytest.raises(InvalidGuestAddressError):
+            dev.read_obj(0x100, "<u8")
+
+
+def test_zero_length_accesses_are_translated(observed):
+    """vm-memory: with the IOMMU on, a 0-byte access inside an entry denying it fails."""
+    _, _, dev = observed
+    for call in (
+        lambda: dev.write(b"", 0x1800),
+        lambda: dev.write_slice(b"", 0x1800),
+        lambda: dev.get_slices(0x1800, 0, W),
+        lambda: dev.read_volatile_from(0x1800, io.BytesIO(b"x"), 0),
+    ):
+        with pytest.raises(InaccessibleError):
+            call()
+    assert dev.read(bytearray(), 0x1800) == 0
+    assert dev.write(b"", 0x1000) == 0  # an entry's first byte: nothing overlaps
+    dev.set_iommu_enabled(False)
+    assert dev.write(b"", 0x1800) == 0
+
+
+def test_a_buffer_inside_guest_memory_is_copied_like_memmove():
+    mem = GuestMemoryMmap.from_ranges([(0, 0x200000)])
+    pattern = (np.arange(0x20010) * 37 % 256).astype(np.uint8)
+    mem.write_slice(pattern, 0x100000)
+    iommu = IotlbIommu()
+    for k in range(0x20000 // 0x1000):  # every IOVA page lands one byte further on
+        iommu.iotlb.set_mapping(k * 0x1000, 0x100001 + k * 0x1000, 0x1000, RW if k % 2 else W)
+    dev = IommuMemory(mem, iommu)
+    src = mem.get_slice(0x100000, 0x20000).as_array()  # overlaps where it is written
+    dev.write(src, 0)
+    model = bytearray(0x200000)  # piece after piece, each a memmove of the live bytes
+    model[0x100000 : 0x100000 + pattern.size] = pattern.tobytes()
+    for k in range(0x20):
+        src_at, dst_at = 0x100000 + k * 0x1000, 0x100001 + k * 0x1000
+        model[dst_at : dst_at + 0x1000] = model[src_at : src_at + 0x1000]
+    assert mem.read_bytes(0x100000, 0x20010) == bytes(model[0x100000:0x120010])
