@@ -512,9 +512,11 @@ class X86PageTables:
         Parameters
         ----------
         max_tables : int, optional
-            Most tables to read at one level (default 32768: up to 128 MiB of entries,
-            16M 4 KiB pages).  It bounds memory and output size against pathological
-            tables (every entry pointing back at its own table maps 512**4 pages).
+            Most tables to read at one level (default 32768: up to 128 MiB of entries
+            and 16M mappings per level; a self-referencing 4-level table reaching the
+            bound at every level yields ~33M rows, ~4 GiB at peak).  It bounds memory and
+            output size against pathological tables (every entry pointing back at its
+            own table maps 512**4 pages); lower it for untrusted dumps.
 
         Returns
         -------
