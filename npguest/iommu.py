@@ -834,21 +834,27 @@ class IommuMemory(Bytes):
     # -- long fragmented copies ------------------------------------------------------------
     def write(self, buf: Any, addr: Any) -> int:  # noqa: D102 (Bytes.write's docstring)
         src = as_byte_view(buf)
-        if self._use and (len(src) >= _RUNS_MIN or not src):
-            if not src:  # a zero-length access is still translated (vm-memory)
-                return len(self._pieces(_u64(addr, "address"), 0, True))
-            if self._copy_runs(src, addr, True):
-                return len(src)
-        return super().write(src, addr)
+        done = self._whole(src, addr, True)
+        return super().write(src, addr) if done is None else done
 
     def read(self, buf: Any, addr: Any) -> int:  # noqa: D102 (Bytes.read's docstring)
         dst = as_byte_view(buf, writable=True)
-        if self._use and (len(dst) >= _RUNS_MIN or not dst):
-            if not dst:
-                return len(self._pieces(_u64(addr, "address"), 0, False))
-            if self._copy_runs(dst, addr, False):
-                return len(dst)
-        return super().read(dst, addr)
+        done = self._whole(dst, addr, False)
+        return super().read(dst, addr) if done is None else done
+
+    def _whole(self, view: memoryview, addr: Any, write: bool) -> int | None:
+        """Move all of ``view`` at once when translating, or return ``None`` for per piece.
+
+        A zero-length access is still translated (vm-memory: it can fail); a long one
+        tries :meth:`_copy_runs`.
+        """
+        if not self._use:
+            return None
+        if not view:
+            return len(self._pieces(_u64(addr, "address"), 0, write))
+        if len(view) >= _RUNS_MIN and self._copy_runs(view, addr, write):
+            return len(view)
+        return None
 
     write.__doc__, read.__doc__ = Bytes.write.__doc__, Bytes.read.__doc__
 
