@@ -18,31 +18,20 @@ import sys
 import time
 from pathlib import Path
 
-if __package__:
-    from . import (
-        _common,
-        bench_batch,
-        bench_construct,
-        bench_copy,
-        bench_dirty,
-        bench_import,
-        bench_iommu,
-        bench_paging,
-        bench_scalar,
-    )
-else:  # run as a script
+if not __package__:  # run as a script: make the ``benchmarks`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from benchmarks import (
-        _common,
-        bench_batch,
-        bench_construct,
-        bench_copy,
-        bench_dirty,
-        bench_import,
-        bench_iommu,
-        bench_paging,
-        bench_scalar,
-    )
+
+from benchmarks import (
+    _common,
+    bench_batch,
+    bench_construct,
+    bench_copy,
+    bench_dirty,
+    bench_import,
+    bench_iommu,
+    bench_paging,
+    bench_scalar,
+)
 
 # (benchmark class, pair name, label, largest passing ratio); rows run for every value
 # of the class's asv ``params``
