@@ -27,6 +27,7 @@ from .address import U64_MAX, Address, GuestAddress, MemoryRegionAddress
 from .atomic import GuestAddressSpace, GuestMemoryAtomic, GuestMemoryExclusiveGuard
 from .bitmap import AtomicBitmap, Bitmap, BitmapSlice, NoBitmap
 from .dtypes import Be16, Be32, Be64, BeSize, Le16, Le32, Le64, LeSize, as_bytes, from_bytes
+from .dumps import DumpMemory, DumpMetadata, open_dump, write_dump
 from .errors import GuestMemoryError
 from .guest_memory import GuestMemoryMmap, GuestMemorySliceIterator
 from .iommu import (
@@ -57,6 +58,8 @@ __all__ = [
     "Bitmap",
     "BitmapSlice",
     "Bytes",
+    "DumpMemory",
+    "DumpMetadata",
     "FileOffset",
     "GuestAddress",
     "GuestAddressSpace",
@@ -91,4 +94,6 @@ __all__ = [
     "as_bytes",
     "errors",
     "from_bytes",
+    "open_dump",
+    "write_dump",
 ]

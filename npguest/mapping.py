@@ -349,7 +349,9 @@ class MmapRegion:
         Parameters
         ----------
         file_offset : FileOffset
-            The file and the offset of the mapping in it (a page multiple).
+            The file and the offset of the mapping in it.  An offset that is not a page
+            multiple is mapped from the page below it, the view starting mid-page (ELF
+            dumps place memory at any offset); vm-memory's ``mmap`` refuses it.
         size : int
             Bytes to map.
         readonly : bool, optional
@@ -406,8 +408,12 @@ class MmapRegion:
         else:
             fd, start = file_offset.fileno(), file_offset.start()
             _check_file(fd, start, size)
+        # An offset inside a page maps from the page below; the view starts mid-mapping.
+        self._lead = start % PAGE_SIZE
         try:
-            self._mmap = mmap.mmap(fd, size, flags=flags, prot=prot, offset=start)
+            self._mmap = mmap.mmap(
+                fd, size + self._lead, flags=flags, prot=prot, offset=start - self._lead
+            )
         except (OSError, ValueError, OverflowError) as exc:
             where = "anonymous" if fd < 0 else f"file fd {fd} at offset {start:#x}"
             raise MmapRegionError(f"mmap of {size} bytes ({where}) failed: {exc}") from exc
@@ -416,10 +422,7 @@ class MmapRegion:
         if file_offset is not None:
             file_offset._acquire()  # its file stays open while this mapping is
         self._size = size
-        self._array = np.frombuffer(self._mmap, dtype=np.uint8)
-        self._view = memoryview(self._array)
-        if readonly:
-            self._view = self._view.toreadonly()
+        self._map_views()
         self._host = host_address(self._view)
         self._page_size = page_size
         if bitmap is None or (isinstance(bitmap, Bitmap) and not isinstance(bitmap, type)):
@@ -427,6 +430,12 @@ class MmapRegion:
         else:
             self._bitmap = bitmap_or_none(bitmap(size, page_size))
         self._closed = False
+
+    def _map_views(self) -> None:
+        self._array = np.frombuffer(self._mmap, dtype=np.uint8, count=self._size, offset=self._lead)
+        self._view = memoryview(self._array)
+        if self._readonly:
+            self._view = self._view.toreadonly()
 
     # -- accessors -----------------------------------------------------------------------
     def size(self) -> int:
@@ -583,10 +592,7 @@ class MmapRegion:
         try:
             self._mmap.close()
         except BufferError:
-            self._array = np.frombuffer(self._mmap, dtype=np.uint8)
-            self._view = memoryview(self._array)
-            if self._readonly:
-                self._view = self._view.toreadonly()
+            self._map_views()
             raise MmapRegionError(
                 f"cannot close the {self._size}-byte mapping at {self._host:#x}: "
                 "views of it are still alive (slices, numpy arrays, or a guest memory "
@@ -624,10 +630,6 @@ def _check_size(size: Any) -> int:
 
 
 def _check_file(fd: int, start: int, size: int) -> None:
-    if start % PAGE_SIZE:
-        raise MmapRegionError(
-            f"file offset {start:#x} is not a multiple of the page size ({PAGE_SIZE})"
-        )
     try:
         st = os.fstat(fd)
     except OSError as exc:

@@ -247,10 +247,21 @@ class TestFromFile:
             assert r.as_volatile_slice().read_bytes(0, 100) == expected[PAGE : PAGE + 100]
             gc.collect()
 
-    @pytest.mark.parametrize("start", [1, 512, PAGE + 1, PAGE // 2])
-    def test_unaligned_offset(self, data_file, start):
-        with open(data_file, "r+b") as f, pytest.raises(MmapRegionError, match="page size"):
-            MmapRegion.from_file(FileOffset(f, start), PAGE)
+    @pytest.mark.parametrize("start", [1, 512, PAGE + 1, PAGE // 2, 3 * PAGE - 7])
+    def test_unaligned_offset_maps_mid_page(self, data_file, start):
+        expected = file_pattern(4 * PAGE)
+        with open(data_file, "r+b") as f:
+            r = MmapRegion.from_file(FileOffset(f, start), PAGE)
+            assert r.file_offset().start() == start
+            assert r.as_volatile_slice().read_bytes(0, PAGE) == expected[start : start + PAGE]
+            r.as_volatile_slice().write_slice(b"XY", PAGE - 2)
+            r.close()
+            f.seek(start + PAGE - 2)
+            assert f.read(2) == b"XY"
+
+    def test_unaligned_offset_too_short(self, data_file):
+        with open(data_file, "rb") as f, pytest.raises(MmapRegionError, match="too short"):
+            MmapRegion.from_file(FileOffset(f, 3 * PAGE + 1), PAGE, readonly=True)
 
     @pytest.mark.parametrize(
         ("start", "size"),
