@@ -81,6 +81,43 @@ def first_unbacked(table: RegionTable, addr: int, size: int) -> int:
     return min(cur, U64_MAX)
 
 
+def backed_mask(table: RegionTable, addrs: np.ndarray, size: int) -> np.ndarray:
+    """Return which ``size``-byte objects at ``addrs`` are wholly backed.
+
+    An object is backed when its first and last bytes are, and every region between
+    them is adjacent to the next (no hole inside it).
+
+    Parameters
+    ----------
+    table : RegionTable
+        The regions.
+    addrs : numpy.ndarray
+        Flat ``uint64`` guest addresses.
+    size : int
+        Object size (>= 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        A ``bool`` array shaped like ``addrs``.
+    """
+    starts, ends = table.starts, table.ends
+    if not starts.shape[0]:
+        return np.zeros(addrs.shape, dtype=bool)
+    span = np.uint64(size - 1)
+    valid = addrs <= np.uint64(U64_MAX) - span
+    last = np.where(valid, addrs + np.where(valid, span, np.uint64(0)), addrs)
+    first_i = np.searchsorted(starts, addrs, side="right").astype(np.int64) - 1
+    last_i = np.searchsorted(starts, last, side="right").astype(np.int64) - 1
+    valid &= (first_i >= 0) & (last_i >= 0)
+    fi, li = np.maximum(first_i, 0), np.maximum(last_i, 0)
+    valid &= (addrs < ends[fi]) & (last < ends[li])
+    # runs of adjacent regions: an object spanning regions must stay inside one run
+    run = np.concatenate(([0], np.cumsum(starts[1:] != ends[:-1])))
+    valid &= run[fi] == run[li]
+    return valid
+
+
 def open_regions(table: RegionTable) -> list[memoryview]:
     """Pin every region of ``table`` open for a kernel that will use their host addresses.
 

@@ -618,7 +618,9 @@ class GuestMemoryMmap(Bytes):
         off[valid] = flat[valid] - t.starts[idx[valid]]
         return idx.reshape(arr.shape), off.reshape(arr.shape)
 
-    def read_objs(self, addrs: Any, dtype: DTypeLike) -> np.ndarray:
+    def read_objs(
+        self, addrs: Any, dtype: DTypeLike, *, holes: str = "raise"
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Read one object of ``dtype`` at each address (a vectorised gather).
 
         Objects may straddle adjacent regions.  Addresses are validated in one
@@ -630,18 +632,27 @@ class GuestMemoryMmap(Bytes):
             Guest addresses (any shape).
         dtype : dtype_like
             The objects' layout (structured dtypes included).
+        holes : {"raise", "zero", "mask"}, optional
+            What an object that is not wholly backed gives: ``"raise"`` (default) raises
+            :class:`~npguest.errors.InvalidGuestAddressError`; ``"zero"`` reads it as
+            zeros; ``"mask"`` too, and also returns which objects were backed (for dumps,
+            where holes are a fact of life).
 
         Returns
         -------
-        numpy.ndarray
-            An array of ``dtype`` shaped like ``addrs``.
+        numpy.ndarray or tuple of numpy.ndarray
+            An array of ``dtype`` shaped like ``addrs``; with ``holes="mask"``, the pair
+            ``(values, valid)``, ``valid`` a ``bool`` array of the same shape.
 
         Raises
         ------
         InvalidGuestAddressError
-            Some object is not wholly backed (names the first unbacked byte).
+            ``holes="raise"`` and some object is not wholly backed (names the first
+            unbacked byte).
         ByteValuedError
             ``dtype`` is not ByteValued.
+        ValueError
+            ``holes`` is none of the three.
 
         Examples
         --------
@@ -649,7 +660,12 @@ class GuestMemoryMmap(Bytes):
         >>> mem.write_objs([1, 2, 3], [0x8, 0xFFC, 0x1800], '<u8')
         >>> mem.read_objs([0x8, 0xFFC, 0x1800], '<u8').tolist()
         [1, 2, 3]
+        >>> values, valid = mem.read_objs([0x8, 0x1FFC, 0x5000], '<u8', holes="mask")
+        >>> values.tolist(), valid.tolist()
+        ([1, 0, 0], [True, False, False])
         """
+        if holes != "raise":
+            return self._read_objs_with_holes(addrs, dtype, holes)
         c = codec(dtype)
         arr = _checks.address_array(addrs)
         out = np.empty(arr.shape, dtype=c.dtype)
@@ -664,6 +680,21 @@ class GuestMemoryMmap(Bytes):
             dst = out_bytes[start * c.size : stop * c.size]
             _kernels.gather(host, straddling, t.hosts, t.lens, c.size, dst)
         return out
+
+    def _read_objs_with_holes(
+        self, addrs: Any, dtype: DTypeLike, holes: str
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """:meth:`read_objs` for ``holes="zero"`` or ``"mask"``: read the backed objects only."""
+        if holes not in ("zero", "mask"):
+            raise ValueError(f'holes must be "raise", "zero" or "mask", got {holes!r}')
+        c = codec(dtype)
+        arr = _checks.address_array(addrs)
+        out = np.zeros(arr.shape, dtype=c.dtype)
+        valid = _checks.backed_mask(self._table, arr.reshape(-1), max(c.size, 1))
+        valid = valid.reshape(arr.shape)
+        if valid.any():
+            out[valid] = self.read_objs(arr[valid], c.dtype)
+        return (out, valid) if holes == "mask" else out
 
     def write_objs(self, values: Any, addrs: Any, dtype: DTypeLike | None = None) -> None:
         """Write one object of ``dtype`` at each address (a vectorised scatter).

@@ -639,3 +639,43 @@ def test_a_kept_error_does_not_keep_regions_pinned():
     finally:
         gc.enable()
     assert kept.value.addr == 0x20000
+
+
+# -- hole policies ---------------------------------------------------------------------------
+
+
+@given(data=st.data())
+def test_hole_policies_match_scalar(data):
+    layout = data.draw(layouts())
+    dtype = data.draw(st.sampled_from(DTYPES))
+    mem = GuestMemoryMmap.from_ranges(layout)
+    fill_values = np.random.default_rng(len(layout)).integers(0, 256, 0x1000, dtype=np.uint8)
+    for s, n in layout:
+        mem.write_slice(fill_values[:n].tobytes(), s)
+    addrs = data.draw(st.lists(addresses(layout), min_size=1, max_size=8))
+    size = dtype.itemsize
+    zero = bytes(size)
+    expected = []
+    for x in addrs:
+        kind, _ = _scalar_outcome(mem, x, dtype)
+        expected.append(mem.read_bytes(x, size) if kind == "ok" else None)
+    zeroed = mem.read_objs(addrs, dtype, holes="zero")
+    values, valid = mem.read_objs(addrs, dtype, holes="mask")
+    assert valid.tolist() == [e is not None for e in expected]
+    for raw in (zeroed.tobytes(), values.tobytes()):
+        got = [raw[k * size : (k + 1) * size] for k in range(len(addrs))]
+        assert got == [zero if e is None else e for e in expected]
+
+
+def test_hole_policy_shapes_and_errors(mem):
+    addrs = np.array([[0x10, 0x2000], [0xFFC, 0x3000]], dtype=np.uint64)
+    values, valid = mem.read_objs(addrs, "<u8", holes="mask")
+    assert values.shape == valid.shape == (2, 2)
+    assert valid.tolist() == [[True, False], [True, True]]  # 0xFFC straddles two regions
+    assert mem.read_objs(addrs, "<u8", holes="zero")[0, 1] == 0
+    with pytest.raises(ValueError, match="holes must be"):
+        mem.read_objs(addrs, "<u8", holes="ignore")
+    with pytest.raises(InvalidGuestAddressError):
+        mem.read_objs(addrs, "<u8")
+    values, valid = GuestMemoryMmap().read_objs([1, 2], "u1", holes="mask")
+    assert not valid.any() and values.tolist() == [0, 0]
