@@ -345,12 +345,13 @@ def map_extents(
     metadata: DumpMetadata,
     *,
     writable: bool = False,
+    merge: bool = False,
 ) -> DumpMemory:
     """Map a dump's extents as file-backed regions (zeros as anonymous regions).
 
     Extents are checked first (non-empty, no wrap past ``2**64``, inside the file, no two
-    overlapping in guest memory); then extents contiguous both in guest memory and in
-    the file are merged, and each is mapped in place.  Nothing is read.
+    overlapping in guest memory), then each is mapped in place, one region per extent
+    (so a dump written from a memory reopens with the same regions).  Nothing is read.
 
     Parameters
     ----------
@@ -362,6 +363,9 @@ def map_extents(
         Attached to the memory.
     writable : bool, optional
         Map the file shared and writable (writes change the dump); default read-only.
+    merge : bool, optional
+        Merge extents contiguous both in guest memory and in the file into one region
+        (for formats that split memory into many small blocks).
 
     Returns
     -------
@@ -382,14 +386,19 @@ def map_extents(
     except OSError as exc:
         raise MmapRegionError(f"cannot open {path!r}: {exc}") from exc
     try:
-        return _map_open(f, path, list(extents), metadata, writable)
+        return _map_open(f, path, list(extents), metadata, writable, merge)
     except BaseException:
         f.close()
         raise
 
 
 def _map_open(
-    f: BinaryIO, path: str, extents: list[Extent], metadata: DumpMetadata, writable: bool
+    f: BinaryIO,
+    path: str,
+    extents: list[Extent],
+    metadata: DumpMetadata,
+    writable: bool,
+    merge: bool,
 ) -> DumpMemory:
     dump = DumpFile(f, path)
     kept = []
@@ -418,12 +427,16 @@ def _map_open(
                 f"{e.size} bytes at {e.gpa:#x} overlap {last.size} bytes at {last.gpa:#x} "
                 f"(declared by {last.field} at file offset {last.where:#x})",
             )
-        if e.gpa == last.gpa + last.size and (
-            (e.file_offset is None and last.file_offset is None)
-            or (
-                e.file_offset is not None
-                and last.file_offset is not None
-                and e.file_offset == last.file_offset + last.size
+        if (
+            merge
+            and e.gpa == last.gpa + last.size
+            and (
+                (e.file_offset is None and last.file_offset is None)
+                or (
+                    e.file_offset is not None
+                    and last.file_offset is not None
+                    and e.file_offset == last.file_offset + last.size
+                )
             )
         ):
             merged[-1] = last._replace(size=last.size + e.size)
