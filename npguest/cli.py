@@ -2,12 +2,29 @@
 
 Subcommands:
 
+``sample OUT``
+    Write a small sample dump (QEMU-style ELF: RAM below and above 4 GiB, a kernel banner,
+    page tables, CPU notes with CR3, VMCOREINFO) to try the other commands on.
+``info DUMP``
+    The format, the region table, CPU registers and notes of a dump.
+``read DUMP ADDR LEN`` / ``hexdump DUMP ADDR LEN``
+    Guest memory at a guest physical address, as raw bytes or a hex dump.
+``find DUMP PATTERN``
+    Every guest physical address where a text (or ``--hex``) pattern occurs.
+``convert IN OUT --format FMT``
+    Rewrite a dump in another format.
+``diff A B``
+    The pages that differ between two dumps (and those only one has).
 ``tour`` (alias ``demo``)
     Build a small guest memory with a file-backed region on generated sample data and
     walk through the API, printing each step and what it returned.
 
-Exit status: 0 on success, 1 when npguest reports an error (one line on stderr),
-2 for bad command-line usage.
+Addresses and lengths take decimal, ``0x`` hex, and ``K``/``M``/``G`` suffixes.  Long
+operations draw a progress bar when standard error is a terminal.
+
+Exit status: 0 on success (for ``diff``: the dumps are equal), 1 when npguest reports an
+error (one line on stderr), 2 for bad command-line usage, 3 when ``diff`` found
+differences.
 """
 
 from __future__ import annotations
@@ -17,9 +34,21 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-__all__ = ["main", "tour"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from npguest import GuestMemoryMmap
+
+__all__ = ["main", "sample_dump", "tour"]
+
+#: Exit status of ``diff`` when the dumps differ.
+DIFFERENT = 3
+#: Most bytes ``read``/``hexdump`` print at once.
+MAX_SHOW = 1 << 24
+#: Bytes ``find`` and ``diff`` look at per step.
+STEP = 1 << 24
 
 
 def _step(out: TextIO, title: str) -> None:
@@ -161,6 +190,473 @@ def tour(workdir: Path, out: TextIO = sys.stdout) -> None:
     _show(out, "mem.close(); mem", mem)
 
 
+def sample_dump(path: Path) -> None:
+    """Write a small sample dump: a QEMU-style ELF file of about 17 MiB.
+
+    The guest has RAM at ``[0, 0xA0000)``, ``[1 MiB, 16 MiB)`` and ``[4 GiB, 4 GiB + 1 MiB)``;
+    a kernel banner ``"Linux version 6.1.0-npguest ..."`` at 16 MiB - 4 KiB (virtual
+    ``0xffffffff81fff000``, through 4-level page tables rooted at CR3 = ``0x9000``); one
+    CPU whose notes record RIP, RSP and CR3; and a VMCOREINFO note.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The output file.
+
+    Raises
+    ------
+    OSError
+        The file cannot be written.
+    """
+    import numpy as np
+
+    from npguest import GuestMemoryMmap, Le64, write_dump
+    from npguest.dumps import CpuState, Note
+    from npguest.dumps.elf import cpu_notes
+
+    mem = GuestMemoryMmap.from_ranges(
+        [(0x0, 0xA0000), (0x100000, 0xF00000), (0x1_0000_0000, 0x100000)]
+    )
+    rng = np.random.default_rng(2026)
+    mem.write_slice(rng.integers(0, 256, 0x80000, dtype=np.uint8), 0x200000)  # "kernel text"
+    mem.write_slice(rng.integers(0, 256, 0x40000, dtype=np.uint8), 0x1_0000_0000)
+    banner = b"Linux version 6.1.0-npguest (npguest@sample) (gcc 12.2.0) #1 SMP\n\0"
+    mem.write_slice(banner, 0xFFF000)
+    # 4-level tables: virtual 0xffffffff80000000 + x -> physical x for x < 16 MiB (2 MiB pages)
+    pml4, pdpt, pd = 0x9000, 0xA000, 0xB000
+    va = 0xFFFF_FFFF_8000_0000
+    mem.write_obj(pdpt | 0x3, pml4 + 8 * ((va >> 39) & 511), Le64)
+    mem.write_obj(pd | 0x3, pdpt + 8 * ((va >> 30) & 511), Le64)
+    mem.write_objs(np.arange(8, dtype=np.uint64) * 0x200000 | 0x83, pd + 8 * np.arange(8), Le64)
+    cpu = CpuState(0, {"rip": va + 0x1000000, "rsp": va + 0xFFF000, "cr0": 0x80050033,
+                       "cr3": pml4, "cr4": 0x20, "rflags": 0x2})  # fmt: skip
+    vmcoreinfo = (
+        b"OSRELEASE=6.1.0-npguest\nPAGESIZE=4096\n"
+        b"SYMBOL(swapper_pg_dir)=ffffffff80009000\nNUMBER(phys_base)=0\n"
+    )
+    notes = (*cpu_notes([cpu]), Note("VMCOREINFO", 0, vmcoreinfo, 0))
+    write_dump(mem, path, "elf", notes=notes)
+    mem.close()
+
+
+# -- helpers -----------------------------------------------------------------------------
+def _number(text: str) -> int:
+    """Parse an address or length: decimal, 0x hex, optional K/M/G (binary) suffix."""
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:].lower(), 1)
+    body = text[:-1] if scale > 1 else text
+    try:
+        value = int(body.replace("_", ""), 0) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"out of the 64-bit range: {text!r}")
+    return value
+
+
+class _Progress:
+    """A one-line progress bar on standard error, drawn only when it is a terminal."""
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = self.stream.isatty()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.on or total <= 0:
+            return
+        pct = 100 * done // total
+        if pct == self.shown:
+            return
+        self.shown = pct
+        bar = "#" * (pct * 30 // 100)
+        self.stream.write(
+            f"\r{self.label} [{bar:<30}] {pct:3d}% {done / 2**20:,.1f}/{total / 2**20:,.1f} MiB"
+        )
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _open(args: argparse.Namespace, path: Path | None = None) -> GuestMemoryMmap:
+    from npguest import open_dump
+    from npguest.dumps import detect_format
+
+    path = path if path is not None else args.dump
+    fmt = args.format or detect_format(path)
+    if args.base is None:
+        return open_dump(path, format=fmt)
+    if fmt != "raw":
+        raise ValueError(f"--base applies to raw dumps; {path} is {fmt}")
+    return open_dump(path, format=fmt, base=args.base)
+
+
+def _backed_runs(mem: GuestMemoryMmap) -> list[tuple[int, int]]:
+    """``(start, end)`` runs of adjacent regions, less the ranges a dump excluded."""
+    runs: list[tuple[int, int]] = []
+    for s, e in zip(mem.starts.tolist(), mem.ends.tolist(), strict=True):
+        if runs and runs[-1][1] == s:
+            runs[-1] = (runs[-1][0], e)
+        else:
+            runs.append((s, e))
+    metadata = getattr(mem, "metadata", None)
+    for gpa, size in getattr(metadata, "excluded", ()):
+        cut = []
+        for s, e in runs:
+            if gpa + size <= s or gpa >= e:
+                cut.append((s, e))
+                continue
+            if s < gpa:
+                cut.append((s, gpa))
+            if gpa + size < e:
+                cut.append((gpa + size, e))
+        runs = cut
+    return runs
+
+
+def _chunks(runs: list[tuple[int, int]], step: int) -> list[tuple[int, int]]:
+    return [(a, min(a + step, e)) for s, e in runs for a in range(s, e, step)]
+
+
+# -- commands ----------------------------------------------------------------------------
+def _sample_command(args: argparse.Namespace) -> None:
+    sample_dump(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+
+
+def _info_command(args: argparse.Namespace) -> None:
+    mem = _open(args)
+    try:
+        print(_info(mem, args.dump))
+    finally:
+        mem.close()
+
+
+def _info(mem: GuestMemoryMmap, path: Path) -> str:
+    meta = getattr(mem, "metadata", None)
+    lines = [f"dump      {path}"]
+    if meta is not None:
+        lines.append(f"format    {meta.format}")
+        if meta.machine:
+            lines.append(f"machine   {meta.machine}")
+        if meta.page_size:
+            lines.append(f"page size {meta.page_size}")
+    sizes = (mem.ends - mem.starts).tolist()
+    lines.append(f"memory    {sum(sizes):,} bytes in {len(sizes)} regions")
+    lines.append("  guest physical range                    size  backing")
+    for region, size in zip(mem.iter(), sizes, strict=True):
+        start = int(region.start_addr())
+        fo = region.file_offset()
+        backing = "zeros (not stored)" if fo is None else f"file @ {fo.start():#x}"
+        lines.append(f"  {start:#018x}-{start + size - 1:#018x} {size:>12,}  {backing}")
+    if meta is None:
+        return "\n".join(lines)
+    if meta.excluded:
+        n = sum(size for _, size in meta.excluded)
+        lines.append(f"excluded  {n:,} bytes in {len(meta.excluded)} ranges (holes)")
+    for cpu in meta.cpus:
+        regs = "  ".join(
+            f"{name}={cpu.registers[name]:#x}"
+            for name in ("rip", "rsp", "cr0", "cr3", "cr4", "pc", "sp")
+            if name in cpu.registers
+        )
+        lines.append(f"cpu {cpu.index:<5} {regs}")
+    if meta.vmcoreinfo:
+        lines.append("vmcoreinfo")
+        lines += [f"  {k}={v}" for k, v in list(meta.vmcoreinfo.items())[:8]]
+        if len(meta.vmcoreinfo) > 8:
+            lines.append(f"  ... {len(meta.vmcoreinfo) - 8} more")
+    if meta.notes:
+        kinds = sorted({f"{n.name}/{n.type}" for n in meta.notes})
+        lines.append(f"notes     {len(meta.notes)} ({', '.join(kinds)})")
+    return "\n".join(lines)
+
+
+def _read(mem: GuestMemoryMmap, addr: int, length: int, zero_fill: bool) -> np.ndarray:
+    """Read ``length`` bytes; holes raise, or read as zeros with ``zero_fill``."""
+    import numpy as np
+
+    if length > MAX_SHOW:
+        raise ValueError(f"length {length} is over the {MAX_SHOW}-byte limit of one read")
+    if not zero_fill:
+        out = np.empty(length, dtype=np.uint8)
+        mem.read_slice(out, addr)
+        return out
+    return _masked(mem, addr, length)[0]
+
+
+def _masked(mem: GuestMemoryMmap, addr: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
+    from npguest.address import U64_MAX
+
+    if addr + length - 1 > U64_MAX:
+        raise ValueError(f"{length} bytes at {addr:#x} pass the end of the address space")
+    addrs = np.arange(length, dtype=np.uint64) + np.uint64(addr)
+    values, valid = mem.read_objs(addrs, "u1", holes="mask")
+    return values, valid
+
+
+def _read_command(args: argparse.Namespace) -> None:
+    mem = _open(args)
+    try:
+        data = _read(mem, args.addr, args.length, args.zero_fill)
+    finally:
+        mem.close()
+    if args.output is not None:
+        args.output.write_bytes(data.tobytes())
+    else:
+        sys.stdout.buffer.write(data.tobytes())
+        sys.stdout.flush()
+
+
+def hexdump_lines(addr: int, values: np.ndarray, valid: np.ndarray) -> list[str]:
+    """Format bytes as ``xxd``-style lines with guest addresses; holes show as ``--``.
+
+    Parameters
+    ----------
+    addr : int
+        Guest address of ``values[0]``.
+    values : numpy.ndarray
+        ``uint8`` bytes.
+    valid : numpy.ndarray
+        ``bool``: which bytes are backed.
+
+    Returns
+    -------
+    list of str
+        One line per 16 bytes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hexdump_lines(0x1000, np.frombuffer(b"hi!", np.uint8), np.array([1, 1, 0], bool))
+    ['0x0000000000001000  68 69 --                                          hi.']
+    """
+    lines = []
+    for off in range(0, len(values), 16):
+        row, ok = values[off : off + 16].tolist(), valid[off : off + 16].tolist()
+        hexes = [f"{b:02x}" if v else "--" for b, v in zip(row, ok, strict=True)]
+        text = "".join(chr(b) if v and 32 <= b < 127 else "." for b, v in zip(row, ok, strict=True))
+        left = " ".join(hexes[:8]).ljust(23) + "  " + " ".join(hexes[8:]).ljust(23)
+        lines.append(f"{addr + off:#018x}  {left}  {text}")
+    return lines
+
+
+def _hexdump_command(args: argparse.Namespace) -> None:
+    if args.length > MAX_SHOW:
+        raise ValueError(f"length {args.length} is over the {MAX_SHOW}-byte limit of one read")
+    mem = _open(args)
+    try:
+        values, valid = _masked(mem, args.addr, args.length)
+    finally:
+        mem.close()
+    if not valid.any():
+        from npguest.errors import InvalidGuestAddressError
+
+        raise InvalidGuestAddressError(args.addr)
+    print("\n".join(hexdump_lines(args.addr, values, valid)))
+
+
+def find_pattern(
+    mem: GuestMemoryMmap, pattern: bytes, limit: int | None = None, progress: Any = None
+) -> list[int]:
+    """Return the guest addresses where ``pattern`` occurs, in ascending order.
+
+    Matches may cross adjacent regions; they never span a hole.
+
+    Parameters
+    ----------
+    mem : GuestMemoryMmap
+        The memory (any: a dump, a live guest memory).
+    pattern : bytes
+        What to look for (non-empty).
+    limit : int, optional
+        Stop after this many matches.
+    progress : callable, optional
+        Called as ``progress(done_bytes, total_bytes)``.
+
+    Returns
+    -------
+    list of int
+        Guest physical addresses.
+
+    Raises
+    ------
+    ValueError
+        ``pattern`` is empty.
+
+    Examples
+    --------
+    >>> from npguest import GuestMemoryMmap
+    >>> mem = GuestMemoryMmap.from_ranges([(0, 0x1000), (0x1000, 0x1000), (0x8000, 0x100)])
+    >>> _ = mem.write(b"needle", 0xFFD), mem.write(b"needle", 0x8010)
+    >>> [hex(a) for a in find_pattern(mem, b"needle")]
+    ['0xffd', '0x8010']
+    """
+    import numpy as np
+
+    if not pattern:
+        raise ValueError("the pattern is empty")
+    runs = _backed_runs(mem)
+    total = sum(e - s for s, e in runs)
+    found: list[int] = []
+    done = 0
+    over = len(pattern) - 1
+    for s, e in runs:
+        for a, b in _chunks([(s, e)], STEP):
+            end = min(b + over, e)
+            buf = np.empty(end - a, dtype=np.uint8)
+            mem.read_slice(buf, a)
+            data = buf.tobytes()
+            i = data.find(pattern)
+            while i >= 0 and a + i < b:
+                found.append(a + i)
+                if limit is not None and len(found) >= limit:
+                    return found
+                i = data.find(pattern, i + 1)
+            done += b - a
+            if progress is not None:
+                progress(done, total)
+    return found
+
+
+def _find_command(args: argparse.Namespace) -> None:
+    if args.hex:
+        try:
+            pattern = bytes.fromhex(args.pattern)
+        except ValueError:
+            raise ValueError(f"not a hex byte string: {args.pattern!r}") from None
+    else:
+        pattern = args.pattern.encode()
+    mem = _open(args)
+    try:
+        hits = find_pattern(mem, pattern, args.max, _Progress("find"))
+    finally:
+        mem.close()
+    for addr in hits:
+        print(f"{addr:#018x}")
+    print(f"{len(hits)} match{'es' if len(hits) != 1 else ''}", file=sys.stderr)
+
+
+def _convert_command(args: argparse.Namespace) -> None:
+    from npguest import write_dump
+
+    mem = _open(args, args.input)
+    try:
+        write_dump(mem, args.output, args.to, progress=_Progress("convert"))
+    finally:
+        mem.close()
+    print(f"wrote {args.output} ({args.to}, {args.output.stat().st_size:,} bytes)")
+
+
+def diff_pages(
+    a: GuestMemoryMmap, b: GuestMemoryMmap, page_size: int = 4096, progress: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compare two memories page by page.
+
+    Parameters
+    ----------
+    a, b : GuestMemoryMmap
+        The memories (dumps of the same guest, typically).
+    page_size : int, optional
+        The comparison granularity (a power of two, default 4096).
+    progress : callable, optional
+        Called as ``progress(done_bytes, total_bytes)``.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``uint64`` guest addresses of the pages that differ, of those only ``a`` backs, and
+        of those only ``b`` backs (a page partly backed counts as backed by its owner).
+
+    Examples
+    --------
+    >>> from npguest import GuestMemoryMmap
+    >>> x = GuestMemoryMmap.from_ranges([(0, 0x3000)])
+    >>> y = GuestMemoryMmap.from_ranges([(0x1000, 0x3000)])
+    >>> _ = y.write(b"!", 0x2010)
+    >>> [[hex(p) for p in r.tolist()] for r in diff_pages(x, y)]
+    [['0x2000'], ['0x0'], ['0x3000']]
+    """
+    import numpy as np
+
+    if page_size <= 0 or page_size & (page_size - 1):
+        raise ValueError(f"page size {page_size} is not a power of two")
+    pa, pb = _pages(a, page_size), _pages(b, page_size)
+    both = np.intersect1d(pa, pb)
+    only_a, only_b = np.setdiff1d(pa, both), np.setdiff1d(pb, both)
+    changed = []
+    step = max(STEP // page_size, 1)
+    for i in range(0, both.shape[0], step):
+        pages = both[i : i + step]
+        # runs of consecutive pages, read as one block from each side
+        cuts = np.flatnonzero(np.diff(pages) != np.uint64(page_size)) + 1
+        for run in np.split(pages, cuts):
+            start, n = int(run[0]), run.shape[0] * page_size
+            x, y = _read_pages(a, start, n), _read_pages(b, start, n)
+            differ = (x != y).reshape(run.shape[0], -1).any(axis=1)
+            changed.append(run[differ])
+        if progress is not None:
+            progress(min(i + step, both.shape[0]), both.shape[0])
+    out = np.concatenate(changed) if changed else np.zeros(0, dtype=np.uint64)
+    return out, only_a, only_b
+
+
+def _pages(mem: GuestMemoryMmap, page_size: int) -> np.ndarray:
+    import numpy as np
+
+    parts = [
+        np.arange(s // page_size, -(-e // page_size), dtype=np.uint64) * np.uint64(page_size)
+        for s, e in _backed_runs(mem)
+    ]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
+
+
+def _read_pages(mem: GuestMemoryMmap, start: int, n: int) -> np.ndarray:
+    """Read ``n`` bytes at ``start``; bytes of a partly backed page outside it read as 0."""
+    import numpy as np
+
+    out = np.empty(n, dtype=np.uint8)
+    if mem.check_range(start, n):
+        mem.read_slice(out, start)
+        return out
+    return _masked(mem, start, n)[0]
+
+
+def _diff_command(args: argparse.Namespace) -> int:
+    a = _open(args, args.a)
+    try:
+        b = _open(args, args.b)
+        try:
+            changed, only_a, only_b = diff_pages(a, b, args.page_size, _Progress("diff"))
+        finally:
+            b.close()
+    finally:
+        a.close()
+    for label, pages in (("changed", changed), (f"only in {args.a}", only_a),
+                         (f"only in {args.b}", only_b)):  # fmt: skip
+        for start, count in _coalesce(pages, args.page_size):
+            end = start + count * args.page_size - 1
+            print(f"{start:#018x}-{end:#018x} {count:>8} page{'s' if count > 1 else ' '} {label}")
+    n = changed.shape[0] + only_a.shape[0] + only_b.shape[0]
+    print(
+        f"{changed.shape[0]} pages changed, {only_a.shape[0]} only in {args.a}, "
+        f"{only_b.shape[0]} only in {args.b}",
+        file=sys.stderr,
+    )
+    return DIFFERENT if n else 0
+
+
+def _coalesce(pages: np.ndarray, page_size: int) -> list[tuple[int, int]]:
+    import numpy as np
+
+    if not pages.shape[0]:
+        return []
+    cuts = np.flatnonzero(np.diff(pages) != np.uint64(page_size)) + 1
+    return [(int(run[0]), run.shape[0]) for run in np.split(pages, cuts)]
+
+
 def _tour_command(args: argparse.Namespace) -> None:
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
@@ -170,15 +666,69 @@ def _tour_command(args: argparse.Namespace) -> None:
         tour(Path(tmp))
 
 
+def _dump_arguments(p: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        p.add_argument(name, type=Path, help="a dump file (a directory for Cloud Hypervisor)")
+    from npguest.dumps import FORMATS
+
+    p.add_argument("--format", choices=FORMATS, default=None, help="the dump's format "
+                   "(default: detected from its first bytes)")  # fmt: skip
+    p.add_argument("--base", type=_number, default=None,
+                   help="raw dumps: guest address of the first byte (default 0)")  # fmt: skip
+
+
 def _parser() -> argparse.ArgumentParser:
     from npguest import __version__
+    from npguest.dumps import WRITE_FORMATS
 
     parser = argparse.ArgumentParser(
         prog="npguest",
         description="Guest (virtual machine) physical memory for Python, numpy-native.",
+        epilog="Exit status: 0 success, 1 error, 2 usage, 3 diff found differences.",
     )
     parser.add_argument("--version", action="version", version=f"npguest {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("sample", help="write a small sample dump (ELF) to try commands on")
+    p.add_argument("out", type=Path, help="the file to write, e.g. sample.elf")
+    p.set_defaults(func=_sample_command)
+
+    p = sub.add_parser("info", help="format, regions, CPUs and notes of a dump")
+    _dump_arguments(p, "dump")
+    p.set_defaults(func=_info_command)
+
+    p = sub.add_parser("read", help="write guest memory's raw bytes to stdout (or -o FILE)")
+    _dump_arguments(p, "dump")
+    p.add_argument("addr", type=_number, help="guest physical address")
+    p.add_argument("length", type=_number, help=f"bytes (at most {MAX_SHOW})")
+    p.add_argument("-o", "--output", type=Path, default=None, help="write to FILE")
+    p.add_argument("--zero-fill", action="store_true", help="read holes as zeros")
+    p.set_defaults(func=_read_command)
+
+    p = sub.add_parser("hexdump", help="hex dump of guest memory (holes show as --)")
+    _dump_arguments(p, "dump")
+    p.add_argument("addr", type=_number, help="guest physical address")
+    p.add_argument("length", type=_number, help="bytes")
+    p.set_defaults(func=_hexdump_command)
+
+    p = sub.add_parser("find", help="guest addresses where a pattern occurs")
+    _dump_arguments(p, "dump")
+    p.add_argument("pattern", help="text (UTF-8), or hex bytes with --hex")
+    p.add_argument("--hex", action="store_true", help="PATTERN is hex, e.g. 'deadbeef'")
+    p.add_argument("--max", type=_number, default=None, help="stop after N matches")
+    p.set_defaults(func=_find_command)
+
+    p = sub.add_parser("convert", help="rewrite a dump in another format")
+    _dump_arguments(p, "input")
+    p.add_argument("output", type=Path, help="the file to write")
+    p.add_argument("--to", choices=WRITE_FORMATS, required=True, help="the output format")
+    p.set_defaults(func=_convert_command)
+
+    p = sub.add_parser("diff", help="pages that differ between two dumps (exit 3 if any)")
+    _dump_arguments(p, "a", "b")
+    p.add_argument("--page-size", type=_number, default=4096, help="granularity (4096)")
+    p.set_defaults(func=_diff_command)
+
     p = sub.add_parser(
         "tour",
         aliases=["demo"],
@@ -207,16 +757,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0 on success, 1 on an npguest error, 2 on a usage error.
+        The exit status: 0 on success, 1 on an npguest error, 2 on a usage error, 3 when
+        ``diff`` found differences.
     """
     from npguest.errors import GuestMemoryError
 
     parser = _parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
+    func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        func(args)
-    except (GuestMemoryError, OSError) as exc:
+        status = func(args)
+    except (GuestMemoryError, OSError, ValueError) as exc:
         print(f"npguest: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    except KeyboardInterrupt:
+        print("npguest: interrupted", file=sys.stderr)
+        return 130
+    return status or 0

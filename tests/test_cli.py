@@ -1,9 +1,12 @@
 """The `npguest` command: help, the tour on generated data, exit codes."""
 
+import argparse
+import contextlib
 import io
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from npguest import cli
@@ -79,3 +82,151 @@ def test_bad_options_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2
+
+
+# -- dump commands --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def raw_dump(tmp_path):
+    """A raw dump of 3 pages at guest 0x10000 with a banner crossing the first page boundary."""
+    data = bytearray(np.random.default_rng(3).integers(0, 256, 0x3000, dtype=np.uint8))
+    data[0xFFA:0x1006] = b"Linux versio"
+    data[0x2100:0x2108] = bytes.fromhex("deadbeefcafef00d")
+    path = tmp_path / "guest.raw"
+    path.write_bytes(bytes(data))
+    return path, bytes(data)
+
+
+def call(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main([str(a) for a in argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+def test_number_parsing():
+    assert cli._number("0x10") == 16 and cli._number("4K") == 4096
+    assert cli._number("1_000") == 1000 and cli._number("2g") == 2 << 30
+    for bad in ("x", "0x", "-1", str(2**64), "1T"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli._number(bad)
+
+
+def test_info_raw(raw_dump):
+    path, _ = raw_dump
+    status, out, _ = call("info", path, "--base", "0x10000")
+    assert status == 0
+    assert "format    raw" in out and "12,288 bytes in 1 regions" in out
+    assert "0x0000000000010000-0x0000000000012fff" in out and "file @ 0x0" in out
+
+
+def test_read_and_hexdump(raw_dump, tmp_path, capsysbinary):
+    path, data = raw_dump
+    assert cli.main(["read", str(path), "0x10ffa", "12", "--base", "64K"]) == 0
+    assert capsysbinary.readouterr().out == b"Linux versio"
+    status, _, _ = call("read", path, "0x2ff0", "0x20", "--zero-fill", "-o", tmp_path / "o")
+    assert status == 0 and (tmp_path / "o").read_bytes() == data[-16:] + bytes(16)
+    status, out, _ = call("hexdump", path, "0xfff8", "0x18", "--base", "0x10000")
+    lines = out.splitlines()
+    assert status == 0 and len(lines) == 2
+    assert lines[0].startswith("0x000000000000fff8  ") and lines[0].count("--") == 8
+    assert lines[1].startswith("0x0000000000010008")
+
+
+def test_read_hole_is_one_line_error(raw_dump):
+    path, _ = raw_dump
+    status, out, err = call("read", path, "0x2ff0", "0x20")
+    assert status == 1 and out == ""
+    assert err == "npguest: error: only used 16 bytes in 32 long buffer\n"
+    status, _, err = call("hexdump", path, "0x5000", "16")
+    assert status == 1 and "invalid guest address 0x5000" in err
+    status, _, err = call("read", path, "0", str(cli.MAX_SHOW + 1))
+    assert status == 1 and "limit" in err
+
+
+def test_find(raw_dump):
+    path, _ = raw_dump
+    status, out, err = call("find", path, "Linux versio", "--base", "0x10000")
+    assert status == 0 and out.split() == ["0x0000000000010ffa"] and "1 match" in err
+    with pytest.raises(SystemExit) as exc:  # an extra positional: a usage error
+        call("find", path, "--hex", "deadbeef", "cafef00d")
+    assert exc.value.code == 2
+    status, out, _ = call("find", path, "--hex", "deadbeefcafef00d")
+    assert status == 0 and out.split() == ["0x0000000000002100"]
+    status, _, err = call("find", path, "--hex", "zz")
+    assert status == 1 and "not a hex byte string" in err
+
+
+def test_find_pattern_across_regions_and_chunks(monkeypatch):
+    from npguest import GuestMemoryMmap
+
+    monkeypatch.setattr(cli, "STEP", 0x100)
+    mem = GuestMemoryMmap.from_ranges([(0, 0x1000), (0x1000, 0x1000), (0x3000, 0x1000)])
+    where = [0x0FE, 0xFFE, 0x1FFC, 0x3000, 0x3FFA]
+    for a in where:
+        mem.write(b"needle", a)
+    assert cli.find_pattern(mem, b"needle") == [a for a in where if a != 0x1FFC]
+    assert cli.find_pattern(mem, b"needle", limit=2) == where[:2]
+    with pytest.raises(ValueError, match="empty"):
+        cli.find_pattern(mem, b"")
+
+
+def test_convert_and_diff(raw_dump, tmp_path):
+    path, data = raw_dump
+    out = tmp_path / "copy.raw"
+    status, text, _ = call("convert", path, out, "--to", "raw")
+    assert status == 0 and "wrote" in text and out.read_bytes() == data
+    assert call("diff", path, out)[0] == 0
+    changed = bytearray(data)
+    changed[0x1800] ^= 1
+    changed[0x2001] ^= 1
+    (tmp_path / "b.raw").write_bytes(bytes(changed[:0x2000]) + bytes(changed[0x2000:]))
+    status, text, err = call("diff", path, tmp_path / "b.raw")
+    assert status == cli.DIFFERENT
+    assert "0x0000000000001000-0x0000000000002fff        2 pages changed" in text
+    assert "2 pages changed, 0 only in" in err
+    (tmp_path / "short.raw").write_bytes(data[:0x1000])
+    status, text, _ = call("diff", path, tmp_path / "short.raw")
+    assert status == cli.DIFFERENT and "2 pages only in" in text
+
+
+def test_diff_pages_partial_pages_and_bad_page_size():
+    from npguest import GuestMemoryMmap
+
+    a = GuestMemoryMmap.from_ranges([(0x800, 0x1000)])  # two partial pages
+    b = GuestMemoryMmap.from_ranges([(0, 0x2000)])
+    changed, only_a, only_b = cli.diff_pages(a, b)
+    assert changed.tolist() == [] and only_a.tolist() == [] and only_b.tolist() == []
+    b.write(b"x", 0x100)  # outside a's bytes of the page: a reads it as 0
+    assert cli.diff_pages(a, b)[0].tolist() == [0]
+    with pytest.raises(ValueError, match="power of two"):
+        cli.diff_pages(a, b, 3000)
+
+
+def test_dump_usage_errors(raw_dump):
+    path, _ = raw_dump
+    for argv in (["read", str(path), "zz", "1"], ["convert", str(path), "x"], ["info"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2
+    status, _, err = call("info", path, "--format", "raw", "--base", "1", "--base", "2")
+    assert status == 0
+    status, _, err = call("info", "/nonexistent/dump")
+    assert status == 1 and err.startswith("npguest: error: cannot open")
+
+
+def test_progress_bar_only_on_a_tty():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    quiet, tty = io.StringIO(), Tty()
+    cli._Progress("x", quiet)(5, 10)
+    bar = cli._Progress("copy", tty)
+    bar(5, 10)
+    bar(5, 10)  # same percentage: not redrawn
+    bar(10, 10)
+    assert quiet.getvalue() == ""
+    assert tty.getvalue().count("\r") == 2 and "100%" in tty.getvalue()
+    assert tty.getvalue().endswith("\n")
