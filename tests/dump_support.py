@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from npguest import GuestMemoryMmap
@@ -97,3 +98,11 @@ def mutations(blob: bytes):
         ),
     )
     return st.lists(op, min_size=1, max_size=4).map(apply)
+
+
+#: Hypothesis settings for fuzzing a reader: each example rewrites one file in ``tmp_path``.
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)

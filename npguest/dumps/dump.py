@@ -12,6 +12,8 @@ offset (never a ``SIGBUS``: no mapping reaches past the end of the file).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import struct
 import weakref
@@ -34,7 +36,9 @@ __all__ = [
     "DumpMetadata",
     "Extent",
     "Note",
+    "data_extents",
     "map_extents",
+    "open_headers",
     "region_chunks",
 ]
 
@@ -478,3 +482,83 @@ def region_chunks(mem: GuestMemoryMmap, chunk: int = CHUNK) -> Iterator[tuple[in
         data = region.as_array()
         for off in range(0, data.shape[0], chunk):
             yield start + off, data[off : off + chunk]
+
+
+def data_extents(fd: int, start: int, size: int) -> list[tuple[int, int]]:
+    """Return the ``(offset, length)`` data extents of a sparse file within a span.
+
+    Uses ``lseek(SEEK_DATA)`` / ``lseek(SEEK_HOLE)``, so the answer has the file
+    system's block granularity (4 KiB on ext4 and tmpfs); a file system without hole
+    reporting answers the whole span as data.  Reads nothing, and moves ``fd``'s file
+    position.
+
+    Parameters
+    ----------
+    fd : int
+        An open file descriptor.
+    start, size : int
+        The span ``[start, start + size)`` of the file to look at.
+
+    Returns
+    -------
+    list of (int, int)
+        The extents holding data, ascending, clipped to the span; holes are left out.
+
+    Raises
+    ------
+    OSError
+        ``lseek`` failed other than by finding no more data.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryFile() as f:
+    ...     f.truncate(1 << 20)
+    ...     _ = os.pwrite(f.fileno(), b"x" * 4096, 1 << 16)
+    ...     data_extents(f.fileno(), 0, 1 << 20)  # doctest: +SKIP
+    [(65536, 4096)]
+    """
+    end = start + size
+    extents = []
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data at or after pos
+                break
+            raise
+        if data >= end:
+            break
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        extents.append((data, hole - data))
+        pos = hole
+    return extents
+
+
+@contextlib.contextmanager
+def open_headers(path: str | os.PathLike[str]) -> Iterator[DumpFile]:
+    """Open a dump for checked header reads, closing it on exit.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Yields
+    ------
+    DumpFile
+        The open file.
+
+    Raises
+    ------
+    MmapRegionError
+        The file cannot be opened.
+    """
+    path = os.fspath(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise MmapRegionError(f"cannot open {path!r}: {exc}") from exc
+    with f:
+        yield DumpFile(f, path)
