@@ -230,3 +230,19 @@ def test_progress_bar_only_on_a_tty():
     assert quiet.getvalue() == ""
     assert tty.getvalue().count("\r") == 2 and "100%" in tty.getvalue()
     assert tty.getvalue().endswith("\n")
+
+
+def test_quick_start_main_job(tmp_path):
+    """The README's first command: sample, then info, hexdump and find on it."""
+    sample = tmp_path / "sample.elf"
+    res = run("sample", str(sample))
+    assert res.returncode == 0 and "wrote" in res.stdout, res.stderr
+    res = run("info", str(sample))
+    assert res.returncode == 0, res.stderr
+    assert "format    elf" in res.stdout and "cr3=0x9000" in res.stdout
+    assert "OSRELEASE=6.1.0-npguest" in res.stdout and "3 regions" in res.stdout
+    res = run("hexdump", str(sample), "0xfff000", "64")
+    assert res.returncode == 0 and "Linux version 6." in res.stdout
+    res = run("find", str(sample), "Linux version")
+    assert res.returncode == 0 and res.stdout.split() == ["0x0000000000fff000"]
+    assert "1 match" in res.stderr
