@@ -76,6 +76,7 @@ def test_adjacent_extents_stay_apart_unless_merged(tmp_path):
         ([(0, PAGE, 4 * PAGE)], "layout[0]", "past the end"),
         ([(0, 2 * PAGE, 0), (PAGE, PAGE, 0)], "layout[1]", "overlap"),
         ([(2**64 - PAGE, 2 * PAGE, 0)], "layout[0]", "wrap"),
+        ([(2**64 - PAGE, PAGE, 0)], "layout[0]", "wrap"),  # would end at 2**64
         ([(0, -1, 0)], "layout[0]", "negative"),
         ([(0, 0, 0)], "memory layout", "no memory"),
         ([], "memory layout", "no memory"),

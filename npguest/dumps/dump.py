@@ -411,7 +411,7 @@ def _map_open(
             raise dump.error(e.where, e.field, f"negative address or size ({e.gpa}, {e.size})")
         if e.size == 0:
             continue
-        if e.gpa + e.size - 1 > U64_MAX:
+        if e.gpa + e.size > U64_MAX:  # (a region ends below 2**64, as check_region_span says)
             raise dump.error(
                 e.where, e.field, f"{e.size} bytes at {e.gpa:#x} wrap past the end of memory"
             )
