@@ -239,3 +239,12 @@ def test_map_extents_zero_extents_are_anonymous(tmp_path):
         assert mem.read_bytes(0, 3 * PAGE) == data + bytes(2 * PAGE)
         with pytest.raises(ReadOnlyMemoryError):
             mem.write_slice(b"x", PAGE)
+
+
+def test_write_dump_refuses_to_overwrite_its_source(tmp_path):
+    data = blob(tmp_path / "ram", 2 * PAGE)
+    with open_dump(tmp_path / "ram") as mem:
+        with pytest.raises(ValueError, match="is the dump being read"):
+            write_dump(mem, tmp_path / "ram", "raw")
+        write_dump(mem, tmp_path / "copy", "raw")
+    assert (tmp_path / "ram").read_bytes() == data == (tmp_path / "copy").read_bytes()

@@ -181,7 +181,8 @@ def write_dump(
     Raises
     ------
     ValueError
-        Unknown ``format``, or options it does not take.
+        Unknown ``format``, options it does not take, or ``path`` is the dump ``mem``
+        was opened from.
     OSError
         The file cannot be written.
     """
@@ -190,4 +191,8 @@ def write_dump(
         raise ValueError(
             f"cannot write format {format!r}; expected one of {', '.join(WRITE_FORMATS)}"
         )
+    source = mem.metadata.path if isinstance(mem, DumpMemory) else ""
+    if source and os.path.exists(path) and os.path.samefile(source, path):
+        # replacing the file under its own mappings would kill the process with SIGBUS
+        raise ValueError(f"{os.fspath(path)} is the dump being read: write to another file")
     _function(spec.module, spec.writer)(mem, path, **dict(spec.writer_options), **options)
