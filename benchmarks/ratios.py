@@ -1,8 +1,8 @@
 """Measure every speed target of the open issues in one run and print a table.
 
 Usage: ``python benchmarks/ratios.py``.  Rows of the dirty-tracking issue start with
-``3:``, those of the IOMMU / page-table issue with ``5:``; the others are the core
-issue's.  Each row times npguest and its baseline in this
+``3:``, those of the dumps issue with ``4:``, those of the IOMMU / page-table issue with
+``5:``; the others are the core issue's.  Each row times npguest and its baseline in this
 process, interleaved, best of many repeats (the same code as the asv suite's ``time_*``
 and ``track_*_ratio`` benchmarks, which this reuses).  The table reports; it does not
 gate: the exit status is 0 whatever the ratios, non-zero only if a measurement crashed.
@@ -27,6 +27,7 @@ from benchmarks import (
     bench_construct,
     bench_copy,
     bench_dirty,
+    bench_dumps,
     bench_import,
     bench_iommu,
     bench_paging,
@@ -49,6 +50,9 @@ RATIO_ROWS = [
     (bench_dirty.DirtyScalar, "write_obj", "3: write_obj tracked/untracked", 1.3),
     (bench_dirty.DirtyCopy, "write_slice", "3: write_slice tracked/copyto", 1 / 0.85),
     (bench_dirty.DirtyThreads, "threads", "3: write_objs 4 thr/1 thr time", 1 / 1.5),
+    # issue 4: dumps (a page-cached 64 MiB raw dump)
+    (bench_dumps.DumpReads, "read_slice", "4: dump read_slice 64 MiB/copyto", 1 / 0.9),
+    (bench_dumps.DumpReads, "read_obj", "4: dump read_obj Le64 x10k/struct", 3.0),
     # issue 5: IOMMU
     (bench_iommu.Fragmented, "read_slice", "5: IommuMemory read 64 MiB/4 KiB pieces", 1 / 0.5),
 ]
@@ -109,6 +113,15 @@ def _value_rows():
             us = seconds * 1e6
             yield (f"3: {label} 1 GiB [{where}]", f"{us:.1f} us", "-", "-",
                    f"<= {QUERY_LIMIT_US:g} us", _verdict(us <= QUERY_LIMIT_US))  # fmt: skip
+    root = bench_dumps.big_dumps()
+    for fmt in bench_dumps.FORMATS:
+        path = root / f"big.{fmt}"
+        ms, kib = bench_dumps.open_ms(path), bench_dumps.open_rss_growth_kib(path)
+        yield (f"4: open_dump 16 GiB sparse {fmt}", f"{ms:.3f} ms", "-", "-",
+               f"< {bench_dumps.OPEN_LIMIT_MS:g} ms",
+               _verdict(ms < bench_dumps.OPEN_LIMIT_MS))  # fmt: skip
+        yield (f"4: open_dump 16 GiB sparse {fmt} RSS growth", f"{kib:.0f} KiB", "0 MiB", "-",
+               f"<= {RSS_LIMIT_MIB:g} MiB", _verdict(kib <= RSS_LIMIT_MIB * 1024))  # fmt: skip
     paging = bench_paging.Paging()
     paging.setup()
     try:
