@@ -316,12 +316,15 @@ def test_readonly_error_names_the_write_address(tmp_path):
         _close(m)
 
 
-def test_from_ranges_with_files_bad_offset_and_short_file(tmp_path):
+def test_from_ranges_with_files_unaligned_offset_and_short_file(tmp_path):
     path = tmp_path / "short.img"
-    path.write_bytes(bytes(PAGE))
+    path.write_bytes(bytes(range(256)) * (PAGE // 256))
     with open(path, "r+b") as f:
+        m = GuestMemoryMmap.from_ranges_with_files([(0, 0x100, FileOffset(f, 0x100))])
+        assert m.read_bytes(0, 0x100) == bytes(range(256))  # mapped mid-page
+        _close(m)
         with pytest.raises(MmapRegionError):
-            GuestMemoryMmap.from_ranges_with_files([(0, 0x100, FileOffset(f, 0x100))])
+            GuestMemoryMmap.from_ranges_with_files([(0, 0x100, FileOffset(f, PAGE - 0xFF))])
         # npguest refuses a file shorter than the mapping (vm-memory would SIGBUS later)
         with pytest.raises(MmapRegionError):
             GuestMemoryMmap.from_ranges_with_files([(0, 2 * PAGE, FileOffset(f, 0))])
