@@ -127,7 +127,7 @@ class TestConstruction:
     def test_file_mapping_errors(self, data_file):
         with open(data_file, "r+b") as f:
             with pytest.raises(MmapRegionError):
-                GuestRegionMmap.from_range(0, PAGE_SIZE, FileOffset(f, 1))
+                GuestRegionMmap.from_range(0, PAGE_SIZE, FileOffset(f, 2 * PAGE_SIZE + 1))
             with pytest.raises(MmapRegionError):
                 GuestRegionMmap.from_range(0, 4 * PAGE_SIZE, FileOffset(f, 0))
             with pytest.raises(MmapRegionError):
