@@ -29,6 +29,7 @@ from benchmarks import (
     bench_dirty,
     bench_dumps,
     bench_import,
+    bench_kdump,
     bench_iommu,
     bench_paging,
     bench_scalar,
@@ -122,6 +123,10 @@ def _value_rows():
                _verdict(ms < bench_dumps.OPEN_LIMIT_MS))  # fmt: skip
         yield (f"4: open_dump 16 GiB sparse {fmt} RSS growth", f"{kib:.0f} KiB", "0 MiB", "-",
                f"<= {RSS_LIMIT_MIB:g} MiB", _verdict(kib <= RSS_LIMIT_MIB * 1024))  # fmt: skip
+    gbps = bench_kdump.kdump_read_gbps()
+    yield ("4: kdump (zlib) sequential read_slice", f"{gbps:.2f} GB/s", "-", "-",
+           f">= {bench_kdump.READ_TARGET_GBPS:g} GB/s",
+           _verdict(gbps >= bench_kdump.READ_TARGET_GBPS))  # fmt: skip
     paging = bench_paging.Paging()
     paging.setup()
     try:

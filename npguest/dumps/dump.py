@@ -17,7 +17,7 @@ import errno
 import os
 import struct
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NamedTuple
 
@@ -30,6 +30,7 @@ from ..mapping import FileOffset
 from ..region import GuestRegionMmap, RegionTable
 
 __all__ = [
+    "Record",
     "CpuState",
     "DumpFile",
     "DumpMemory",
@@ -343,6 +344,73 @@ class DumpFile:
             )
 
 
+class Record:
+    r"""A C structure of a dump header: named fields in one byte order, with their offsets.
+
+    Parameters
+    ----------
+    order : str
+        A :mod:`struct` byte-order character (``"<"`` or ``">"``).
+    fields : sequence of (str, str)
+        ``(name, struct code)`` in layout order.
+
+    Examples
+    --------
+    >>> r = Record("<", [("magic", "4s"), ("count", "I")])
+    >>> r.size, r.offsets["count"], r.pack(magic=b"EMiL", count=2)
+    (8, 4, b'EMiL\x02\x00\x00\x00')
+    """
+
+    def __init__(self, order: str, fields: Sequence[tuple[str, str]]) -> None:
+        self.names = tuple(name for name, _ in fields)
+        self.struct = struct.Struct(order + "".join(code for _, code in fields))
+        self.offsets = {
+            name: struct.calcsize(order + "".join(code for _, code in fields[:i]))
+            for i, (name, _) in enumerate(fields)
+        }
+        self.size = self.struct.size
+        self._zeros = {name: b"" if code.endswith("s") else 0 for name, code in fields}
+
+    def read(self, dump: DumpFile, offset: int, field: str) -> dict[str, Any]:
+        """Read the structure at ``offset`` of ``dump`` as a dict (``field`` names it in errors).
+
+        Parameters
+        ----------
+        dump : DumpFile
+            The file.
+        offset : int
+            Where the structure starts.
+        field : str
+            Its name, for errors.
+
+        Returns
+        -------
+        dict
+            Field values by name.
+
+        Raises
+        ------
+        DumpFormatError
+            The file is too short.
+        """
+        return dict(zip(self.names, dump.unpack(self.struct, offset, field), strict=True))
+
+    def pack(self, **values: int | bytes) -> bytes:
+        """Pack ``values``; fields not given are zero.
+
+        Parameters
+        ----------
+        **values : int or bytes
+            Field values by name.
+
+        Returns
+        -------
+        bytes
+            The packed structure.
+        """
+        return self.struct.pack(*(values.get(name, self._zeros[name]) for name in self.names))
+
+
 def map_extents(
     path: str | os.PathLike[str],
     extents: Iterable[Extent],
@@ -477,6 +545,10 @@ def region_chunks(mem: GuestMemoryMmap, chunk: int = CHUNK) -> Iterator[tuple[in
     tuple of (int, numpy.ndarray)
         The guest address of the piece and a ``uint8`` view of it.
     """
+    own = getattr(mem, "region_chunks", None)  # memories without host memory stream their own
+    if own is not None:
+        yield from own(chunk)
+        return
     for region in mem.iter():
         start = int(region.start_addr())
         data = region.as_array()

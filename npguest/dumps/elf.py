@@ -30,6 +30,7 @@ from .dump import (
     DumpMetadata,
     Extent,
     Note,
+    Record,
     map_extents,
     open_headers,
     region_chunks,
@@ -62,26 +63,6 @@ _EM_BY_NAME = {name: em for em, name in MACHINES.items()}
 MAX_NOTES_SIZE = 1 << 24
 #: The ``.shstrtab`` data QEMU writes at the end of the file.
 SHSTRTAB = b"\0.shstrtab\0"
-
-
-class _Record:
-    """A C structure: named fields packed in one byte order, with their offsets."""
-
-    def __init__(self, order: str, fields: Sequence[tuple[str, str]]) -> None:
-        self.names = tuple(name for name, _ in fields)
-        self.struct = struct.Struct(order + "".join(code for _, code in fields))
-        self.offsets = {
-            name: struct.calcsize(order + "".join(code for _, code in fields[:i]))
-            for i, (name, _) in enumerate(fields)
-        }
-        self.size = self.struct.size
-
-    def read(self, dump: DumpFile, offset: int, field: str) -> dict[str, int]:
-        return dict(zip(self.names, dump.unpack(self.struct, offset, field), strict=True))
-
-    def pack(self, **values: int | bytes) -> bytes:
-        """Pack ``values``; fields not given are zero."""
-        return self.struct.pack(*(values.get(name, 0) for name in self.names))
 
 
 def _ehdr(word: str) -> tuple[tuple[str, str], ...]:
@@ -144,9 +125,9 @@ class _Elf:
 
     bits: int
     order: str
-    ehdr: _Record
-    phdr: _Record
-    shdr: _Record
+    ehdr: Record
+    phdr: Record
+    shdr: Record
 
     @property
     def all_ones(self) -> int:
@@ -157,9 +138,9 @@ _ELF = {
     (bits, order): _Elf(
         bits,
         order,
-        _Record(order, _ehdr(word)),
-        _Record(order, _PHDR64 if bits == 64 else _PHDR32),
-        _Record(order, _shdr(word)),
+        Record(order, _ehdr(word)),
+        Record(order, _PHDR64 if bits == 64 else _PHDR32),
+        Record(order, _shdr(word)),
     )
     for bits, word in ((64, "Q"), (32, "I"))
     for order in "<>"
@@ -222,8 +203,8 @@ _ALIASES = {"eflags": "rflags", "rflags": "eflags"} | {
 }
 
 
-def _qemu_record(order: str) -> _Record:
-    return _Record(
+def _qemu_record(order: str) -> Record:
+    return Record(
         order,
         (
             ("version", "I"),
