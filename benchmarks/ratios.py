@@ -29,8 +29,8 @@ from benchmarks import (
     bench_dirty,
     bench_dumps,
     bench_import,
-    bench_kdump,
     bench_iommu,
+    bench_kdump,
     bench_paging,
     bench_scalar,
 )
