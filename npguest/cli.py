@@ -291,33 +291,6 @@ def _open(args: argparse.Namespace, path: Path | None = None) -> GuestMemoryMmap
     return open_dump(path, format=fmt, base=args.base)
 
 
-def _backed_runs(mem: GuestMemoryMmap) -> list[tuple[int, int]]:
-    """``(start, end)`` runs of adjacent regions, less the ranges a dump excluded."""
-    runs: list[tuple[int, int]] = []
-    for s, e in zip(mem.starts.tolist(), mem.ends.tolist(), strict=True):
-        if runs and runs[-1][1] == s:
-            runs[-1] = (runs[-1][0], e)
-        else:
-            runs.append((s, e))
-    metadata = getattr(mem, "metadata", None)
-    for gpa, size in getattr(metadata, "excluded", ()):
-        cut = []
-        for s, e in runs:
-            if gpa + size <= s or gpa >= e:
-                cut.append((s, e))
-                continue
-            if s < gpa:
-                cut.append((s, gpa))
-            if gpa + size < e:
-                cut.append((gpa + size, e))
-        runs = cut
-    return runs
-
-
-def _chunks(runs: list[tuple[int, int]], step: int) -> list[tuple[int, int]]:
-    return [(a, min(a + step, e)) for s, e in runs for a in range(s, e, step)]
-
-
 # -- commands ----------------------------------------------------------------------------
 def _sample_command(args: argparse.Namespace) -> None:
     sample_dump(args.out)
@@ -494,30 +467,24 @@ def find_pattern(
     >>> [hex(a) for a in find_pattern(mem, b"needle")]
     ['0xffd', '0x8010']
     """
-    import numpy as np
+    from npguest.walk import backed_runs, iter_chunks
 
     if not pattern:
         raise ValueError("the pattern is empty")
-    runs = _backed_runs(mem)
-    total = sum(e - s for s, e in runs)
+    total = sum(e - s for s, e in backed_runs(mem))
     found: list[int] = []
     done = 0
-    over = len(pattern) - 1
-    for s, e in runs:
-        for a, b in _chunks([(s, e)], STEP):
-            end = min(b + over, e)
-            buf = np.empty(end - a, dtype=np.uint8)
-            mem.read_slice(buf, a)
-            data = buf.tobytes()
-            i = data.find(pattern)
-            while i >= 0 and a + i < b:
-                found.append(a + i)
-                if limit is not None and len(found) >= limit:
-                    return found
-                i = data.find(pattern, i + 1)
-            done += b - a
-            if progress is not None:
-                progress(done, total)
+    for addr, data, owned in iter_chunks(mem, STEP, overlap=len(pattern) - 1):
+        text = data.tobytes()
+        i = text.find(pattern)
+        while 0 <= i < owned:
+            found.append(addr + i)
+            if limit is not None and len(found) >= limit:
+                return found
+            i = text.find(pattern, i + 1)
+        done += owned
+        if progress is not None:
+            progress(done, total)
     return found
 
 
@@ -606,9 +573,11 @@ def diff_pages(
 def _pages(mem: GuestMemoryMmap, page_size: int) -> np.ndarray:
     import numpy as np
 
+    from npguest.walk import backed_runs
+
     parts = [
         np.arange(s // page_size, -(-e // page_size), dtype=np.uint64) * np.uint64(page_size)
-        for s, e in _backed_runs(mem)
+        for s, e in backed_runs(mem)
     ]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
 
