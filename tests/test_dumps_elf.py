@@ -632,3 +632,16 @@ _FUZZ_BLOBS = [
 def test_fuzz_only_dump_errors(tmp_path, which, data):
     blob = data.draw(mutations(_FUZZ_BLOBS[which]))
     assert_only_dump_errors(open_elf, blob, tmp_path / "fuzz.elf")
+
+
+def test_drgn_reads_our_elf(tmp_path):
+    """An independent reader (drgn, through its QEMU/kernel core path) accepts write_elf's files."""
+    drgn = pytest.importorskip("drgn")
+    from npguest.cli import sample_dump
+
+    sample_dump(tmp_path / "sample.elf")
+    prog = drgn.Program()
+    prog.set_core_dump(str(tmp_path / "sample.elf"))
+    with npguest.open_dump(tmp_path / "sample.elf") as dump:
+        for addr, size in ((0xFFF000, 64), (0x200000, 4096), (0x1_0000_0000, 256)):
+            assert prog.read(addr, size, physical=True) == dump.read_bytes(addr, size)
