@@ -24,12 +24,13 @@ operations draw a progress bar when standard error is a terminal.
 
 Exit status: 0 on success (for ``diff``: the dumps are equal), 1 when npguest reports an
 error (one line on stderr), 2 for bad command-line usage, 3 when ``diff`` found
-differences.
+differences, 141 when the reader of standard output went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -45,6 +46,8 @@ __all__ = ["main", "sample_dump", "tour"]
 
 #: Exit status of ``diff`` when the dumps differ.
 DIFFERENT = 3
+#: Exit status when the reader of standard output went away (128 + SIGPIPE, as ``cat``).
+BROKEN_PIPE = 141
 #: Most bytes ``read``/``hexdump`` print at once.
 MAX_SHOW = 1 << 24
 #: Bytes ``find`` and ``diff`` look at per step.
@@ -240,6 +243,22 @@ def sample_dump(path: Path) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    """Parse a length or count that must be at least 1."""
+    value = _number(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _page_size(text: str) -> int:
+    """Parse a comparison page size: a power of two up to 2 MiB."""
+    value = _number(text)
+    if value == 0 or value & (value - 1) or value > 1 << 21:
+        raise argparse.ArgumentTypeError(f"not a power of two up to 2M: {text!r}")
+    return value
+
+
 def _number(text: str) -> int:
     """Parse an address or length: decimal, 0x hex, optional K/M/G (binary) suffix."""
     scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:].lower(), 1)
@@ -324,8 +343,8 @@ def _info(mem: GuestMemoryMmap, path: Path) -> str:
         lines.append(f"  {start:#018x}-{start + size - 1:#018x} {size:>12,}  {backing}")
     if meta is None:
         return "\n".join(lines)
-    if meta.excluded:
-        n = sum(size for _, size in meta.excluded)
+    if len(meta.excluded):
+        n = int(meta.excluded[:, 1].sum())
         lines.append(f"excluded  {n:,} bytes in {len(meta.excluded)} ranges (holes)")
     for cpu in meta.cpus:
         regs = "  ".join(
@@ -349,8 +368,7 @@ def _read(mem: GuestMemoryMmap, addr: int, length: int, zero_fill: bool) -> np.n
     """Read ``length`` bytes; holes raise, or read as zeros with ``zero_fill``."""
     import numpy as np
 
-    if length > MAX_SHOW:
-        raise ValueError(f"length {length} is over the {MAX_SHOW}-byte limit of one read")
+    _check_length(length)
     if not zero_fill:
         out = np.empty(length, dtype=np.uint8)
         mem.read_slice(out, addr)
@@ -358,15 +376,25 @@ def _read(mem: GuestMemoryMmap, addr: int, length: int, zero_fill: bool) -> np.n
     return _masked(mem, addr, length)[0]
 
 
+def _check_length(length: int) -> None:
+    if length > MAX_SHOW:
+        raise ValueError(f"length {length} is over the {MAX_SHOW}-byte limit of one read")
+
+
 def _masked(mem: GuestMemoryMmap, addr: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``length`` bytes at ``addr``: holes read as 0; also which bytes are backed."""
     import numpy as np
 
-    from npguest.address import U64_MAX
+    from npguest.walk import backed_runs
 
-    if addr + length - 1 > U64_MAX:
-        raise ValueError(f"{length} bytes at {addr:#x} pass the end of the address space")
-    addrs = np.arange(length, dtype=np.uint64) + np.uint64(addr)
-    values, valid = mem.read_objs(addrs, "u1", holes="mask")
+    values = np.zeros(length, dtype=np.uint8)
+    valid = np.zeros(length, dtype=bool)
+    end = addr + length
+    for s, e in backed_runs(mem):
+        lo, hi = max(s, addr), min(e, end)
+        if lo < hi:
+            mem.read_slice(values[lo - addr : hi - addr], lo)
+            valid[lo - addr : hi - addr] = True
     return values, valid
 
 
@@ -417,8 +445,7 @@ def hexdump_lines(addr: int, values: np.ndarray, valid: np.ndarray) -> list[str]
 
 
 def _hexdump_command(args: argparse.Namespace) -> None:
-    if args.length > MAX_SHOW:
-        raise ValueError(f"length {args.length} is over the {MAX_SHOW}-byte limit of one read")
+    _check_length(args.length)
     mem = _open(args)
     try:
         values, valid = _masked(mem, args.addr, args.length)
@@ -471,6 +498,8 @@ def find_pattern(
 
     if not pattern:
         raise ValueError("the pattern is empty")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     total = sum(e - s for s, e in backed_runs(mem))
     found: list[int] = []
     done = 0
@@ -669,7 +698,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("read", help="write guest memory's raw bytes to stdout (or -o FILE)")
     _dump_arguments(p, "dump")
     p.add_argument("addr", type=_number, help="guest physical address")
-    p.add_argument("length", type=_number, help=f"bytes (at most {MAX_SHOW})")
+    p.add_argument("length", type=_positive, help=f"bytes (at most {MAX_SHOW})")
     p.add_argument("-o", "--output", type=Path, default=None, help="write to FILE")
     p.add_argument("--zero-fill", action="store_true", help="read holes as zeros")
     p.set_defaults(func=_read_command)
@@ -677,14 +706,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hexdump", help="hex dump of guest memory (holes show as --)")
     _dump_arguments(p, "dump")
     p.add_argument("addr", type=_number, help="guest physical address")
-    p.add_argument("length", type=_number, help="bytes")
+    p.add_argument("length", type=_positive, help=f"bytes (at most {MAX_SHOW})")
     p.set_defaults(func=_hexdump_command)
 
     p = sub.add_parser("find", help="guest addresses where a pattern occurs")
     _dump_arguments(p, "dump")
     p.add_argument("pattern", help="text (UTF-8), or hex bytes with --hex")
     p.add_argument("--hex", action="store_true", help="PATTERN is hex, e.g. 'deadbeef'")
-    p.add_argument("--max", type=_number, default=None, help="stop after N matches")
+    p.add_argument("--max", type=_positive, default=None, help="stop after N matches")
     p.set_defaults(func=_find_command)
 
     p = sub.add_parser("convert", help="rewrite a dump in another format")
@@ -695,7 +724,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diff", help="pages that differ between two dumps (exit 3 if any)")
     _dump_arguments(p, "a", "b")
-    p.add_argument("--page-size", type=_number, default=4096, help="granularity (4096)")
+    p.add_argument("--page-size", type=_page_size, default=4096,
+                   help="granularity: a power of two up to 2M (default 4096)")  # fmt: skip
     p.set_defaults(func=_diff_command)
 
     p = sub.add_parser(
@@ -736,7 +766,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
         status = func(args)
-    except (GuestMemoryError, OSError, ValueError) as exc:
+    except BrokenPipeError:  # e.g. `npguest read ... | head`: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
+    except (GuestMemoryError, OSError, ValueError, OverflowError) as exc:
         print(f"npguest: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -69,19 +69,33 @@ def backed_runs(mem: Any) -> list[tuple[int, int]]:
             runs[-1] = (runs[-1][0], e)
         else:
             runs.append((s, e))
-    metadata = getattr(mem, "metadata", None)
-    for gpa, size in getattr(metadata, "excluded", ()):
-        cut = []
-        for s, e in runs:
-            if gpa + size <= s or gpa >= e:
-                cut.append((s, e))
-                continue
-            if s < gpa:
-                cut.append((s, gpa))
-            if gpa + size < e:
-                cut.append((gpa + size, e))
-        runs = cut
-    return runs
+    excluded = getattr(getattr(mem, "metadata", None), "excluded", None)
+    if excluded is None or not len(excluded):
+        return runs
+    return _cut(runs, np.asarray(excluded, dtype=np.uint64).reshape(-1, 2))
+
+
+def _cut(runs: list[tuple[int, int]], excluded: np.ndarray) -> list[tuple[int, int]]:
+    """Remove sorted, disjoint ``(gpa, size)`` ranges from sorted runs (one search per run)."""
+    cut_lo = excluded[:, 0]
+    cut_hi = cut_lo + excluded[:, 1]
+    out: list[tuple[int, int]] = []
+    for s, e in runs:
+        start, end = np.uint64(s), np.uint64(e)
+        i = int(np.searchsorted(cut_hi, start, side="right"))
+        j = int(np.searchsorted(cut_lo, end, side="left"))
+        if i == j:  # no excluded range meets this run
+            out.append((s, e))
+            continue
+        # kept pieces: [s, lo_i), [hi_i, lo_i+1), ..., [hi_j-1, e)
+        lo = np.empty(j - i + 1, dtype=np.uint64)
+        hi = np.empty(j - i + 1, dtype=np.uint64)
+        lo[0], hi[-1] = start, end
+        lo[1:] = np.minimum(cut_hi[i:j], end)
+        hi[:-1] = np.maximum(cut_lo[i:j], start)
+        keep = lo < hi
+        out += list(zip(lo[keep].tolist(), hi[keep].tolist(), strict=True))
+    return out
 
 
 def iter_chunks(mem: Any, chunk: int = CHUNK, overlap: int = 0) -> Iterator[Chunk]:

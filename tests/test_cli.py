@@ -246,3 +246,46 @@ def test_quick_start_main_job(tmp_path):
     res = run("find", str(sample), "Linux version")
     assert res.returncode == 0 and res.stdout.split() == ["0x0000000000fff000"]
     assert "1 match" in res.stderr
+
+
+def test_counts_and_page_sizes_are_checked(raw_dump):
+    path, _ = raw_dump
+    for argv in (
+        ["find", str(path), "x", "--max", "0"],
+        ["hexdump", str(path), "0", "0"],
+        ["read", str(path), "0", "0"],
+        ["diff", str(path), str(path), "--page-size", "3000"],
+        ["diff", str(path), str(path), "--page-size", "1G"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2, argv
+    with pytest.raises(ValueError, match="at least 1"):
+        cli.find_pattern(npguest_memory(), b"x", limit=0)
+
+
+def npguest_memory():
+    from npguest import GuestMemoryMmap
+
+    return GuestMemoryMmap.from_ranges([(0, 0x1000)])
+
+
+def test_broken_pipe_exits_quietly(tmp_path):
+    (tmp_path / "big.raw").write_bytes(bytes(1 << 20))
+    code = (
+        f"{sys.executable} -m npguest read {tmp_path / 'big.raw'} 0 1M | head -c 10 > /dev/null; "
+        "echo ${PIPESTATUS[0]}"
+    )
+    res = subprocess.run(["bash", "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() in ("0", str(cli.BROKEN_PIPE)) and res.stderr == ""
+
+
+def test_info_reports_excluded_ranges(tmp_path):
+    import numpy as np
+
+    from npguest.dumps.dump import DumpMemory, DumpMetadata
+
+    regions = list(npguest_memory().iter())
+    meta = DumpMetadata("kdump", "x", excluded=np.array([[0x100, 0x200]], dtype=np.uint64))
+    text = cli._info(DumpMemory(regions, meta), tmp_path / "x")
+    assert "excluded  512 bytes in 1 ranges (holes)" in text

@@ -241,10 +241,50 @@ def test_map_extents_zero_extents_are_anonymous(tmp_path):
             mem.write_slice(b"x", PAGE)
 
 
-def test_write_dump_refuses_to_overwrite_its_source(tmp_path):
+def test_write_dump_onto_its_own_source(tmp_path):
     data = blob(tmp_path / "ram", 2 * PAGE)
     with open_dump(tmp_path / "ram") as mem:
-        with pytest.raises(ValueError, match="is the dump being read"):
-            write_dump(mem, tmp_path / "ram", "raw")
-        write_dump(mem, tmp_path / "copy", "raw")
-    assert (tmp_path / "ram").read_bytes() == data == (tmp_path / "copy").read_bytes()
+        write_dump(mem, tmp_path / "ram", "lime")  # the mapping keeps the old pages
+        assert mem.read_bytes(0, 2 * PAGE) == data
+    with open_dump(tmp_path / "ram") as back:
+        assert back.metadata.format == "lime" and back.read_bytes(0, 2 * PAGE) == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ram"]  # no temporary left
+
+
+def test_write_dump_failure_leaves_target(tmp_path):
+    (tmp_path / "out").write_bytes(b"old")
+    with pytest.raises(ValueError, match="empty memory"):
+        write_dump(GuestMemoryMmap(), tmp_path / "out", "raw")
+    assert (tmp_path / "out").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_raw_writer_refuses_memory_too_high_for_a_file(tmp_path):
+    mem = GuestMemoryMmap.from_ranges([(2**64 - 0x3000, PAGE)])
+    with pytest.raises(ValueError, match="more than a file can hold"):
+        write_dump(mem, tmp_path / "x", "raw")
+    write_dump(mem, tmp_path / "x", "raw", base=2**64 - 0x3000)
+    assert os.path.getsize(tmp_path / "x") == PAGE
+
+
+def test_many_extents_raise_the_descriptor_limit(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    # in a child with a soft limit of 256: 600 extents need more descriptors than that
+    blob(tmp_path / "ram", 600 * 2 * PAGE)
+    code = (
+        "import resource, npguest; "
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)); "
+        f"layout = [(i * 0x10000, {PAGE}, 2 * i * {PAGE}) for i in range(600)]; "
+        f"mem = npguest.open_dump({str(tmp_path / 'ram')!r}, layout=layout); "
+        "print(mem.num_regions(), resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 256); mem.close()"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"the hard descriptor limit here is {hard}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["600", "True"]

@@ -84,3 +84,34 @@ def test_excluded_ranges_are_cut_out():
     mem = DumpMemory(regions, DumpMetadata("test", "", excluded=excluded))
     assert backed_runs(mem) == [(0, PAGE), (2 * PAGE, 3 * PAGE), (5 * PAGE, 7 * PAGE)]
     assert [c.addr for c in iter_chunks(mem)] == [0, 2 * PAGE, 5 * PAGE]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    runs=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 10)), max_size=5),
+    cuts=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 8)), max_size=8),
+    high=st.booleans(),
+)
+def test_cut_matches_a_set_model(runs, cuts, high):
+    from npguest.walk import _cut
+
+    base = 2**64 - 0x1000 if high else 0
+    # disjoint sorted runs and excluded ranges, in 8-byte units
+    run_list, cur = [], 0
+    for gap, n in runs:
+        cur += gap + 1
+        run_list.append((base + 8 * cur, base + 8 * (cur + n)))
+        cur += n
+    cut_list, cur = [], 0
+    for gap, n in cuts:
+        cur += gap
+        cut_list.append((base + 8 * cur, 8 * n))
+        cur += n + 1
+    cut_list = [c for c in cut_list if c[0] + c[1] < 2**64]
+    run_list = [r for r in run_list if r[1] < 2**64]
+    bytes_in = {a for s, e in run_list for a in range(s, e, 8)}
+    bytes_in -= {a for g, n in cut_list for a in range(g, g + n, 8)}
+    excluded = np.array(cut_list, dtype=np.uint64).reshape(-1, 2)
+    got = _cut(run_list, excluded)
+    assert {a for s, e in got for a in range(s, e, 8)} == bytes_in
+    assert all(s < e for s, e in got) and got == sorted(got)

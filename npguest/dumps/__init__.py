@@ -7,8 +7,10 @@ memory in a chosen format.  One module per format holds its reader and writer.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -164,6 +166,10 @@ def write_dump(
 ) -> None:
     """Write a guest memory as a dump file, streaming region by region.
 
+    The dump is written to a new file that replaces ``path`` when complete: an error
+    leaves ``path`` as it was, and a memory opened from ``path`` may be written back onto
+    it (its mappings keep the old file's pages).
+
     Parameters
     ----------
     mem : GuestMemoryMmap
@@ -181,8 +187,7 @@ def write_dump(
     Raises
     ------
     ValueError
-        Unknown ``format``, options it does not take, or ``path`` is the dump ``mem``
-        was opened from.
+        Unknown ``format``, options it does not take, or a memory the format cannot hold.
     OSError
         The file cannot be written.
     """
@@ -191,8 +196,14 @@ def write_dump(
         raise ValueError(
             f"cannot write format {format!r}; expected one of {', '.join(WRITE_FORMATS)}"
         )
-    source = mem.metadata.path if isinstance(mem, DumpMemory) else ""
-    if source and os.path.exists(path) and os.path.samefile(source, path):
-        # replacing the file under its own mappings would kill the process with SIGBUS
-        raise ValueError(f"{os.fspath(path)} is the dump being read: write to another file")
-    _function(spec.module, spec.writer)(mem, path, **dict(spec.writer_options), **options)
+    # Write a new file beside the target, then rename it over the target: a reader of the
+    # old file (this very memory, when it was opened from ``path``) keeps its pages.
+    path = os.fspath(path)
+    tmp = f"{path}.npguest-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        _function(spec.module, spec.writer)(mem, tmp, **dict(spec.writer_options), **options)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -123,9 +123,9 @@ class DumpMetadata:
     zero_ranges : tuple of (int, int)
         ``(gpa, size)`` ranges the dump declares as zeros without storing them (an ELF
         ``p_filesz < p_memsz`` tail): mapped as anonymous zero memory, not holes.
-    excluded : tuple of (int, int)
-        ``(gpa, size)`` ranges of RAM the dump left out (kdump's excluded pages):
-        reported as holes.
+    excluded : numpy.ndarray
+        ``(n, 2)`` ``uint64`` array of ``(gpa, size)`` ranges of RAM the dump left out
+        (kdump's excluded pages), ascending and disjoint: reported as holes.
     extra : Mapping[str, Any]
         Format-specific fields (header values, producer, ...).
     """
@@ -138,7 +138,7 @@ class DumpMetadata:
     vmcoreinfo: Mapping[str, str] = field(default_factory=dict)
     notes: tuple[Note, ...] = ()
     zero_ranges: tuple[tuple[int, int], ...] = ()
-    excluded: tuple[tuple[int, int], ...] = ()
+    excluded: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), dtype=np.uint64))
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -514,6 +514,7 @@ def _map_open(
             merged[-1] = last._replace(size=last.size + e.size)
         else:
             merged.append(e)
+    _reserve_fds(len(merged), path)
     regions = [
         GuestRegionMmap.from_range(
             e.gpa,
@@ -525,6 +526,36 @@ def _map_open(
         for e in merged
     ]
     return DumpMemory(regions, metadata, files=(f,))
+
+
+def _reserve_fds(count: int, path: str) -> None:
+    """Make room for ``count`` more file descriptors (each mapping holds one, a dup).
+
+    A dump of thousands of extents (a Firecracker diff, an ELF with many PT_LOADs) needs
+    that many descriptors: the soft ``RLIMIT_NOFILE`` (often 1024) is raised towards the
+    hard limit, as Go and Rust runtimes do at start-up.
+
+    Raises
+    ------
+    MmapRegionError
+        Even the hard limit is too low.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no procfs: assume the worst
+        in_use = soft
+    need = in_use + count + 64
+    if need <= soft or soft == resource.RLIM_INFINITY:
+        return
+    if hard != resource.RLIM_INFINITY and need > hard:
+        raise MmapRegionError(
+            f"{path}: mapping {count} extents needs {need} file descriptors; the limit is "
+            f"{hard} (raise it with ulimit -n)"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def region_chunks(mem: GuestMemoryMmap, chunk: int = CHUNK) -> Iterator[tuple[int, np.ndarray]]:

@@ -19,6 +19,8 @@ from .dump import DumpMemory, DumpMetadata, Extent, map_extents, region_chunks
 
 __all__ = ["open_raw", "write_raw"]
 
+#: Largest file size (``off_t``).
+MAX_FILE = 2**63 - 1
 #: Granularity of the holes :func:`write_raw` leaves in the file for zero bytes.
 SPARSE_BLOCK = 1 << 16
 
@@ -114,7 +116,8 @@ def write_raw(
     Raises
     ------
     ValueError
-        A region starts below ``base``, or the memory is empty.
+        A region starts below ``base``, the memory is empty, or it reaches too far above
+        ``base`` for a file.
     OSError
         The file cannot be written.
     """
@@ -122,6 +125,12 @@ def write_raw(
         raise ValueError("cannot write an empty memory")
     if int(mem.starts[0]) < base:
         raise ValueError(f"a region starts at {int(mem.starts[0]):#x}, below base {base:#x}")
+    if int(mem.ends[-1]) - base > MAX_FILE:
+        raise ValueError(
+            f"memory ending at {int(mem.ends[-1]):#x} makes a raw file of "
+            f"{int(mem.ends[-1]) - base} bytes (base {base:#x}): more than a file can hold; "
+            "give a higher base= or use a format that stores addresses (elf, lime)"
+        )
     total = int((mem.ends - mem.starts).sum())
     done = 0
     with open(path, "wb") as f:
