@@ -15,7 +15,10 @@ dumped (1st bitmap set, 2nd clear: makedumpfile's ``-d`` levels exclude free, ca
 or zero pages) are *holes*: reaching one behaves as an unbacked address
 (:class:`~npguest.errors.InvalidGuestAddressError` at the first byte, a partial access
 after it, ``read_objs(..., holes="zero"|"mask")`` for batches); they are listed in
-``metadata.excluded``.
+``metadata.excluded`` (a read-only ``(n, 2)`` ``uint64`` array of ``(gpa, size)``, found
+from the bitmaps with numpy).  Page data and descriptors are read with ``os.pread`` when
+needed (a file that shrinks under an open dump is a :class:`~npguest.errors.DumpFormatError`,
+not a ``SIGBUS``), and a page never decompresses to more than the block size.
 
 :func:`write_kdump` writes QEMU's layout (dump level 1, header version 6, both bitmaps,
 one shared zero page, raw pages where compression does not shrink them), plain or
@@ -24,11 +27,9 @@ flattened, streaming in bounded memory.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import importlib
 import itertools
-import mmap
 import os
 import re
 import struct
@@ -83,14 +84,28 @@ STATUS_INCOMPLETE = 0x8
 STATUS_EXCLUDED_VMEMMAP = 0x10
 #: Block (page) sizes accepted: powers of two in this range.
 MIN_BLOCK_SIZE, MAX_BLOCK_SIZE = 1 << 9, 1 << 20
-#: Most RAM runs (regions) a dump may have: each is a mapping of its own.
-MAX_REGIONS = 4096
+#: Most RAM runs (regions) a dump may have: each is an anonymous placeholder mapping of
+#: its own (without a file descriptor), well below Linux's default ``vm.max_map_count``
+#: (65530).  :func:`write_kdump` refuses a memory with more.
+MAX_REGIONS = 32768
+#: Most pages :func:`open_kdump` reads bitmaps for (1 GiB per bitmap: 32 TiB of 4 KiB
+#: pages): a crafted sparse file cannot make the open allocate more.
+MAX_READ_PFN = 1 << 33
+#: Most pages :func:`write_kdump` writes bitmaps for (``max_pfn``): 256 MiB per bitmap,
+#: 8 TiB of memory in 4 KiB pages.
+MAX_WRITE_PFN = 1 << 31
 #: Largest VMCOREINFO text read at open.
 MAX_VMCOREINFO = 1 << 20
 #: Pages decompressed per batch by bulk reads (split among the pool's threads).
 READ_BATCH = 512
 #: Fewest pages to decompress in a batch before the thread pool is used.
 PARALLEL_MIN = 64
+#: Page descriptors read at once when scattered: at most this many per read...
+GATHER_RUN = 64
+#: ... each less than this many bytes after the one before.
+GATHER_GAP = 4096
+#: Bytes of a flattened file read at once while its record headers are indexed.
+FLAT_WINDOW = 1 << 16
 #: Objects ``read_objs`` gathers per pass (at most twice as many pages decompressed at once).
 GATHER_CHUNK = 8192
 #: Pages compressed per batch by the writer.
@@ -226,10 +241,20 @@ def _snappy_length(data: Any) -> int | None:
 
 
 def _decompress(c: _Codec, name: str, module: Any, data: Any, block: int) -> bytes:
-    """Decompress one page with ``module``; output bounded near ``block`` bytes."""
-    if c.name == "zlib":
-        return zlib.decompress(data)  # (input <= 2 blocks: bounded output)
-    if c.name == "lzo":
+    """Decompress one page with ``module``, never producing more than ``block + 1`` bytes.
+
+    Raises ValueError (or the codec's error) when the data does not decompress, or
+    decompresses to more than ``block`` bytes (a shorter page is the caller's to refuse).
+    """
+    if c.name == "zlib":  # (zlib inflates up to 1032 times: bound the output, not the input)
+        d = zlib.decompressobj()
+        out = d.decompress(data, block + 1)
+        if len(out) > block or d.unconsumed_tail:
+            raise ValueError(f"the stream inflates to more than the block size {block}")
+        if not d.eof:
+            raise ValueError("the stream is truncated")
+        return out
+    if c.name == "lzo":  # (the output buffer is the block: LZO1X's safe decompressor)
         return module.decompress(bytes(data), False, block)
     if c.name == "snappy":
         n = _snappy_length(data)
@@ -325,8 +350,10 @@ def _collect(futures: list[Future[list[Any]]]) -> list[Any]:
 class _Source(DumpFile):
     """Checked reads of a plain kdump file, or of the plain file a flattened one encodes.
 
-    The file is mapped once; reads are slices of the mapping (no shared file position,
-    so threads read at once).  For a flattened file, offsets are those of the plain file
+    Every read is an ``os.pread``: no shared file position (threads read at once), and no
+    mapping of the file, so a file that shrinks after open reads short (a
+    :class:`~npguest.errors.DumpFormatError`, "the file shrank") instead of killing the
+    process with ``SIGBUS``.  For a flattened file, offsets are those of the plain file
     its records spell (``size`` is that file's size): each read is mapped through the
     sorted record index, bytes no record holds reading as zeros; no read may be larger
     than the flattened file itself.
@@ -336,18 +363,8 @@ class _Source(DumpFile):
         super().__init__(f, path)
         self.file_size = self.size
         self.flattened = False
-        self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None
-        self._mv = memoryview(self._mm) if self._mm is not None else memoryview(b"")
         # plain-file segments: [start, end) held at flat offset, sorted, disjoint
         self._starts, self._ends, self._flats = [0], [self.size], [0]
-
-    def close(self) -> None:
-        """Release the mapping (it stays alive while a read still uses it)."""
-        with contextlib.suppress(BufferError):  # (a concurrent gather holds it)
-            self._mv.release()
-        if self._mm is not None:
-            with contextlib.suppress(BufferError):  # a read holds a slice: the GC unmaps it
-                self._mm.close()
 
     def where(self, offset: int) -> str:
         """Describe ``offset`` for a message."""
@@ -365,35 +382,36 @@ class _Source(DumpFile):
     check_span.__doc__ = DumpFile.check_span.__doc__
 
     def read(self, offset: int, size: int, field: str) -> bytes:
-        return bytes(self.view(offset, size, field))
+        self.check_span(offset, size, field)
+        return self._read_plain(offset, size, field)
 
     read.__doc__ = DumpFile.read.__doc__
 
-    def view(self, offset: int, size: int, field: str) -> memoryview | bytes:
-        """Return ``size`` bytes at plain-file ``offset``: a slice of the mapping if it can.
+    def _pread(self, at: int, size: int, offset: int, field: str) -> bytes:
+        """Read exactly ``size`` bytes at file offset ``at`` (plain ``offset``, for errors)."""
+        fd = self.f.fileno()
+        data = os.pread(fd, size, at)
+        if len(data) == size:
+            return data
+        parts, got = [data], len(data)  # (a regular file reads short at its end, or > 2 GiB)
+        while got < size:
+            more = os.pread(fd, size - got, at + got)
+            if not more:
+                raise self.error(
+                    offset,
+                    field,
+                    f"the file shrank since it was opened: {got} of {size} bytes at file "
+                    f"offset {at:#x} remain",
+                )
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
 
-        Parameters
-        ----------
-        offset, size : int
-            The span.
-        field : str
-            What it holds (for errors).
-
-        Returns
-        -------
-        memoryview or bytes
-            The bytes (a zero-copy view when one segment holds them all).
-
-        Raises
-        ------
-        DumpFormatError
-            The span passes the end of the (plain) file.
-        """
-        self.check_span(offset, size, field)
+    def _read_plain(self, offset: int, size: int, field: str) -> bytes:
+        """Read ``[offset, offset + size)`` of the plain file, through the record index."""
         i = bisect_right(self._starts, offset) - 1
         if i >= 0 and offset + size <= self._ends[i]:
-            at = self._flats[i] + offset - self._starts[i]
-            return self._mv[at : at + size]
+            return self._pread(self._flats[i] + offset - self._starts[i], size, offset, field)
         out = bytearray(size)  # spans segments (or gaps, which read as zeros)
         for j in range(max(i, 0), len(self._starts)):
             lo, hi = max(offset, self._starts[j]), min(offset + size, self._ends[j])
@@ -401,11 +419,14 @@ class _Source(DumpFile):
                 break
             if lo < hi:
                 at = self._flats[j] + lo - self._starts[j]
-                out[lo - offset : hi - offset] = self._mv[at : at + hi - lo]
+                out[lo - offset : hi - offset] = self._pread(at, hi - lo, lo, field)
         return bytes(out)
 
-    def gather(self, offsets: np.ndarray, width: int) -> np.ndarray:
+    def gather(self, offsets: np.ndarray, width: int, field: str) -> np.ndarray:
         """Read ``width`` bytes at each plain-file offset (all known to lie in the file).
+
+        Offsets close together are read at once: one read per cluster of at most
+        :data:`GATHER_RUN` offsets less than :data:`GATHER_GAP` bytes apart.
 
         Parameters
         ----------
@@ -413,27 +434,39 @@ class _Source(DumpFile):
             ``int64`` plain-file offsets.
         width : int
             Bytes at each.
+        field : str
+            What they hold (for errors).
 
         Returns
         -------
         numpy.ndarray
             A ``(len(offsets), width)`` ``uint8`` array.
+
+        Raises
+        ------
+        DumpFormatError
+            The file shrank since it was opened.
         """
-        starts = np.asarray(self._starts, dtype=np.int64)
-        seg = np.searchsorted(starts, offsets, side="right") - 1
-        ends = np.asarray(self._ends, dtype=np.int64)[seg]
-        flat = np.asarray(self._flats, dtype=np.int64)[seg] + offsets - starts[seg]
-        whole = offsets + width <= ends
-        out = np.empty((offsets.shape[0], width), dtype=np.uint8)
-        data = np.frombuffer(self._mv, dtype=np.uint8)
-        out[whole] = data[flat[whole][:, None] + np.arange(width)]
-        del data
-        for k in np.flatnonzero(~whole).tolist():
-            out[k] = np.frombuffer(self.view(int(offsets[k]), width, "page_desc"), np.uint8)
+        n = offsets.shape[0]
+        order = np.argsort(offsets, kind="stable")
+        ordered = offsets[order]
+        new = np.ones(n, dtype=bool)
+        new[1:] = np.diff(ordered) >= GATHER_GAP
+        cluster = np.flatnonzero(new)
+        rank = np.arange(n) - cluster[np.cumsum(new) - 1]  # position in its cluster
+        bounds = np.append(np.flatnonzero(new | (rank % GATHER_RUN == 0)), n).tolist()
+        out = np.empty((n, width), dtype=np.uint8)
+        for a, b in itertools.pairwise(bounds):
+            lo = int(ordered[a])
+            raw = self._read_plain(lo, int(ordered[b - 1]) - lo + width, field)
+            at = ordered[a:b] - lo
+            out[order[a:b]] = np.frombuffer(raw, dtype=np.uint8)[at[:, None] + np.arange(width)]
         return out
 
     def index_flattened(self) -> None:
         """Read the flattened header and index its records (plain offset -> file offset).
+
+        Record headers are read through a window of :data:`FLAT_WINDOW` bytes.
 
         Raises
         ------
@@ -443,18 +476,22 @@ class _Source(DumpFile):
         """
         if self.size < FLAT_HEADER_SIZE:
             raise self.error(0, "flattened header", f"{self.size}-byte file, header is 4096")
-        kind, version = struct.unpack_from(">qq", self._mv, 16)
+        kind, version = struct.unpack(">qq", self._pread(16, 16, 16, "flattened header"))
         if kind != 1:
             raise self.error(16, "flattened header type", f"{kind} (expected 1)")
         if version != 1:
             raise self.error(24, "flattened header version", f"{version} (expected 1)")
         record = struct.Struct(">qq")
         starts, sizes, flats = [], [], []
-        pos = FLAT_HEADER_SIZE
+        pos, window, window_at = FLAT_HEADER_SIZE, b"", 0
         while True:
             if pos + record.size > self.size:
                 raise self.error(pos, "flattened record", "the stream ends without its end marker")
-            offset, size = record.unpack_from(self._mv, pos)
+            if pos + record.size > window_at + len(window):
+                window_at = pos
+                n = min(FLAT_WINDOW, self.size - pos)
+                window = self._pread(pos, n, pos, "flattened record")
+            offset, size = record.unpack_from(window, pos - window_at)
             if offset == -1:
                 break
             if offset < 0:
@@ -678,11 +715,12 @@ def _runs(words: np.ndarray, end: int) -> np.ndarray:
     """
     edges = words ^ _previous_bits(words)
     nz = np.flatnonzero(edges)
-    bits = np.unpackbits(
-        edges[nz].astype("<u8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little"
-    )
-    row, col = np.nonzero(bits)
-    pos = nz[row].astype(np.int64) * 64 + col
+    pos = np.repeat(nz.astype(np.int64) * 64, np.bitwise_count(edges[nz]))  # (each edge's word)
+    bits = np.unpackbits(edges[nz].astype("<u8").view(np.uint8), bitorder="little")
+    at = np.flatnonzero(bits)  # (the edges, in order: bit k of word k >> 6)
+    del bits
+    pos += np.bitwise_and(at, 63, out=at)
+    del at
     if pos.shape[0] % 2:  # the last run reaches the end of the words
         pos = np.append(pos, end)
     return pos.reshape(-1, 2)
@@ -721,9 +759,16 @@ def _read_dump(src: _Source) -> _Dump:
     else:
         length, second_at = h["bitmap_blocks"] * block, first_at
         max_pfn = min(max_pfn, 8 * length)
+    where = sub_at["max_mapnr_64"] if version >= 6 else layout.header.offsets["max_mapnr"]
     if max_pfn == 0:
-        where = sub_at["max_mapnr_64"] if version >= 6 else layout.header.offsets["max_mapnr"]
         raise src.error(where, "max_mapnr", "0 pages: the dump describes no memory")
+    if max_pfn * block > U64_MAX + 1 or max_pfn > MAX_READ_PFN:
+        raise src.error(
+            where,
+            "max_mapnr",
+            f"{max_pfn:#x} pages of {block} bytes: past the end of a 64-bit address space or "
+            f"over the {MAX_READ_PFN:#x}-page bound of a bitmap read at open",
+        )
     ram_raw = src.read(first_at, min(length, -(-max_pfn // 8)), "1st bitmap")
     ram = _bitmap_words(ram_raw, max_pfn)
     if second_at == first_at:
@@ -867,9 +912,11 @@ class _Pages:
         idx = self.rank_np[w] + np.bitwise_count(self.words_np[w] & below).astype(np.int64)
         if idx.shape[0] and (np.diff(idx) == 1).all():  # one contiguous run
             at = self.desc_base + _PAGE_DESC_SIZE * int(idx[0])
-            raw = self.src.view(at, _PAGE_DESC_SIZE * idx.shape[0], "page_desc")
+            field = f"page_desc[{int(idx[0])}:{int(idx[-1]) + 1}]"
+            raw = self.src.read(at, _PAGE_DESC_SIZE * idx.shape[0], field)
             return idx, np.frombuffer(raw, dtype=self.desc_dtype).copy()
-        raw = self.src.gather(self.desc_base + _PAGE_DESC_SIZE * idx, _PAGE_DESC_SIZE)
+        at = self.desc_base + _PAGE_DESC_SIZE * idx
+        raw = self.src.gather(at, _PAGE_DESC_SIZE, "page_desc")
         return idx, raw.view(self.desc_dtype).reshape(-1)
 
     def _decode(self, job: tuple[int, int, int, int, int]) -> bytes:
@@ -888,12 +935,14 @@ class _Pages:
                 f"{size} bytes of page data at {src.where(offset)} run past the end of the "
                 f"{src.size}-byte {'plain ' if src.flattened else ''}file",
             )  # fmt: skip
-        if src.flattened:
-            data = src.view(offset, size, "page data")
-        else:
-            data = src._mv[offset : offset + size]
+        try:
+            data = src.read(offset, size, "page data")
+        except DumpFormatError as exc:
+            raise self._bad(
+                job, 0, "offset", f"{size} bytes of page data at {src.where(offset)}: {exc.reason}"
+            ) from exc
         if c is None:
-            return bytes(data)
+            return data
         try:
             name, module = _codec_module(c)
         except ImportError as exc:
@@ -959,9 +1008,8 @@ class _Pages:
         """Return the decompressed bytes of valid page ``pfn``."""
         i = self._rank_of(pfn)
         at = self.desc_base + _PAGE_DESC_SIZE * i  # (the table was checked at open)
-        src = self.src
-        raw = src.view(at, _PAGE_DESC_SIZE, "page_desc") if src.flattened else src._mv
-        offset, size, flags, _ = self.desc.unpack_from(raw, 0 if src.flattened else at)
+        raw = self.src.read(at, _PAGE_DESC_SIZE, f"page_desc[{i}] (pfn {pfn:#x})")
+        offset, size, flags, _ = self.desc.unpack(raw)
         key = (offset, size, flags)
         data = self.cache.get(key)
         if data is None:
@@ -1364,7 +1412,6 @@ class KdumpMemory(_KdumpBytes, DumpMemory):
             super().close()
         finally:
             self._store.cache.clear()
-            self._store.src.close()
 
     # -- which bytes are backed
     def _backed(self, addr: int, count: int) -> tuple[int, int]:
@@ -1775,7 +1822,8 @@ def open_kdump(
     -------
     KdumpMemory
         The memory.  ``metadata``: ``machine`` (``utsname.machine``), ``page_size`` (the
-        block size), ``notes``, ``cpus``, ``vmcoreinfo``, ``excluded``, and in ``extra``
+        block size), ``notes``, ``cpus``, ``vmcoreinfo``, ``excluded`` (a read-only
+        ``(n, 2)`` ``uint64`` array of ``(gpa, size)``), and in ``extra``
         the header and sub-header fields, ``utsname``, ``header_bits``, ``endianness``,
         ``flattened``, ``compression`` (names from ``status``), ``incomplete`` and
         ``excluded_vmemmap`` (its other bits), ``bitmaps``, ``max_pfn``,
@@ -1821,15 +1869,12 @@ def open_kdump(
         f = open(path, "rb")  # noqa: SIM115 - owned by the memory
     except OSError as exc:
         raise MmapRegionError(f"cannot open {path!r}: {exc}") from exc
-    src = None
     try:
         src = _Source(f, path)
         if src.size >= 16 and src.read(0, 16, "signature") == FLAT_SIGNATURE:
             src.index_flattened()
         return _open(src, f, cache_pages)
     except BaseException:
-        if src is not None:
-            src.close()
         f.close()
         raise
 
@@ -1853,7 +1898,10 @@ def _open(src: _Source, f: BinaryIO, cache_pages: int) -> KdumpMemory:
     runs = _runs(dump.ram, dump.max_pfn).tolist()
     if not runs:
         raise src.error(first_at, "1st bitmap", "no RAM page: the dump describes no memory")
-    excluded = _runs(dump.ram & ~dump.dumped, dump.max_pfn) << store.shift
+    excluded = _runs(dump.ram & ~dump.dumped, dump.max_pfn).view(np.uint64)  # (in place:)
+    excluded[:, 1] -= excluded[:, 0]
+    excluded <<= np.uint64(store.shift)  # (gpa, size)
+    excluded.flags.writeable = False
     machine = fields["utsname"]["machine"] or None
     cpus, info = decode_notes(
         dump.notes,
@@ -1879,7 +1927,7 @@ def _open(src: _Source, f: BinaryIO, cache_pages: int) -> KdumpMemory:
         cpus=cpus,
         vmcoreinfo=vmcoreinfo,
         notes=dump.notes,
-        excluded=tuple((s, e - s) for s, e in excluded.tolist()),
+        excluded=excluded,
         extra=fields,
     )
     regions = []
@@ -1894,16 +1942,78 @@ def _open(src: _Source, f: BinaryIO, cache_pages: int) -> KdumpMemory:
     return KdumpMemory(regions, metadata, (f,), store)
 
 
-# -- writing ----------------------------------------------------------------------------
-def _set_bits(bits: np.ndarray, lo: int, hi: int, on: bool = True) -> None:
-    """Set (or clear) bits ``[lo, hi)`` of a little-endian bitmap of bytes."""
-    a, b = -(-lo // 8), hi // 8
-    bits[a:b] = 0xFF if on else 0
-    for p in itertools.chain(range(lo, min(a * 8, hi)), range(max(b * 8, lo, a * 8), hi)):
-        if on:
-            bits[p >> 3] |= 1 << (p & 7)
-        else:
-            bits[p >> 3] &= ~(1 << (p & 7)) & 0xFF
+# -- writing ---------------------------------------------------------------------------
+def _merged_runs(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Return the union of the ``[lo, hi)`` ranges as sorted ``(n, 2)`` ``int64`` runs.
+
+    Empty ranges are dropped; overlapping or adjacent ones are joined, so the runs are
+    disjoint and no run ends where the next starts.
+    """
+    keep = lo < hi
+    lo, hi = lo[keep].astype(np.int64), hi[keep].astype(np.int64)
+    if not lo.shape[0]:
+        return np.zeros((0, 2), dtype=np.int64)
+    order = np.argsort(lo, kind="stable")
+    lo, reach = lo[order], np.maximum.accumulate(hi[order])
+    new = np.ones(lo.shape[0], dtype=bool)
+    new[1:] = lo[1:] > reach[:-1]
+    first = np.flatnonzero(new)
+    return np.column_stack((lo[first], reach[np.append(first[1:], lo.shape[0]) - 1]))
+
+
+def _ram_runs(mem: GuestMemoryMmap, block: int) -> np.ndarray:
+    """Return the runs of pages ``mem``'s regions touch, checked for :func:`write_kdump`.
+
+    Raises ValueError when the bitmaps would pass :data:`MAX_WRITE_PFN` pages, or the
+    runs (the reader's regions) :data:`MAX_REGIONS`.
+    """
+    starts, ends = mem.starts, mem.ends
+    max_pfn = -(-int(ends[-1]) // block)
+    if max_pfn > MAX_WRITE_PFN:
+        raise ValueError(
+            f"the memory's top address is {int(ends[-1]) - 1:#x}: its kdump bitmaps would "
+            f"describe {max_pfn:#x} pages of {block} bytes (at most {MAX_WRITE_PFN:#x}, "
+            f"{MAX_WRITE_PFN // (8 << 20)} MiB per bitmap)"
+        )
+    b = np.uint64(block)
+    runs = _merged_runs(starts // b, ends // b + (ends % b != 0))
+    if runs.shape[0] > MAX_REGIONS:
+        raise ValueError(
+            f"the memory's pages form {runs.shape[0]} separate runs: a kdump reader maps "
+            f"each as a region, at most {MAX_REGIONS}"
+        )
+    return runs
+
+
+def _excluded_runs(excluded: Any, block: int, max_pfn: int) -> np.ndarray:
+    """Return the runs of pages below ``max_pfn`` wholly inside ``(gpa, size)`` ranges."""
+    ex = np.asarray(excluded, dtype=np.uint64).reshape(-1, 2)
+    gpa, b = ex[:, 0], np.uint64(block)
+    end = gpa + np.minimum(ex[:, 1], ~gpa)  # (clipped at 2**64 - 1: no wrap-around)
+    lo = np.minimum(gpa // b + (gpa % b != 0), np.uint64(max_pfn))
+    return _merged_runs(lo, np.minimum(end // b, np.uint64(max_pfn)))
+
+
+def _bitmap(runs: np.ndarray, length: int) -> np.ndarray:
+    """Return a ``length``-byte little-endian bitmap with the bits of ``runs`` set.
+
+    ``runs`` are :func:`_merged_runs` (their edges all differ) inside the bitmap.  Each
+    edge toggles a bit; a prefix XOR over the bits (within words by shifts, across words
+    by their carried parity) fills the runs in: ``O(length)``, nothing per run in Python.
+    """
+    words = np.zeros(length // 8, dtype=np.uint64)  # (length: whole blocks, >= 512 bytes)
+    edges = runs.reshape(-1).astype(np.uint64)
+    edges = edges[edges < np.uint64(64 * words.shape[0])]
+    np.bitwise_xor.at(words, edges >> np.uint64(6), np.uint64(1) << (edges & np.uint64(63)))
+    tmp = np.empty_like(words)
+    for shift in (1, 2, 4, 8, 16, 32):
+        np.left_shift(words, np.uint64(shift), out=tmp)
+        words ^= tmp
+    np.right_shift(words, np.uint64(63), out=tmp)  # the parity of each word's edges
+    np.bitwise_xor.accumulate(tmp, out=tmp)
+    tmp *= np.uint64(U64_MAX)  # all ones after an odd number of edges
+    words[1:] ^= tmp[:-1]
+    return words.astype("<u8", copy=False).view(np.uint8)
 
 
 class _Out:
@@ -2013,8 +2123,10 @@ def write_kdump(
     Raises
     ------
     ValueError
-        The memory is empty, an unknown compression or one whose package is missing, or
-        a bad ``block_size``.
+        The memory is empty, an unknown compression or one whose package is missing, a
+        bad ``block_size``, a top address needing bitmaps of more than
+        :data:`MAX_WRITE_PFN` pages, or pages forming more than :data:`MAX_REGIONS`
+        separate runs (:func:`open_kdump` could not read it).  Nothing is written then.
     OSError
         The file cannot be written.
     """
@@ -2040,6 +2152,7 @@ def _write_kdump(
         raise ValueError("cannot write an empty memory")
     if not (MIN_BLOCK_SIZE <= block <= MAX_BLOCK_SIZE and block & (block - 1) == 0):
         raise ValueError(f"block_size {block} is not a power of two in [512, 1 MiB]")
+    ram_runs = _ram_runs(mem, block)
     if compression == "none":
         flag, compress = 0, None
     else:
@@ -2050,16 +2163,12 @@ def _write_kdump(
         notes = meta.notes if meta is not None else ()
     blob = encode_notes(notes, order)
     # layout of the plain file
-    starts, ends = mem.starts.tolist(), mem.ends.tolist()
-    max_pfn = -(-ends[-1] // block)
+    max_pfn = int(ram_runs[-1, 1])
     length = -(-max_pfn // (8 * block)) * block  # (whole blocks of bits)
-    ram = np.zeros(length, dtype=np.uint8)
-    for s, e in zip(starts, ends, strict=True):
-        _set_bits(ram, s // block, -(-e // block))
-    dumped = ram.copy()
-    if meta is not None:  # keep excluded pages excluded
-        for gpa, size in mem.metadata.excluded:
-            _set_bits(dumped, -(-gpa // block), (gpa + size) // block, on=False)
+    ram = _bitmap(ram_runs, length)
+    dumped = ram
+    if meta is not None and len(meta.excluded):  # keep excluded pages excluded
+        dumped = ram & ~_bitmap(_excluded_runs(meta.excluded, block, max_pfn), length)
     sub_at = block
     note_at = sub_at + layout.sub.size
     sub_blocks = -(-(layout.sub.size + len(blob)) // block)
