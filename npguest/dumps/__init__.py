@@ -112,6 +112,12 @@ def open_dump(
     :class:`~npguest.errors.InvalidGuestAddressError` naming the address; batch reads can
     zero-fill or mask holes instead (``read_objs(..., holes="zero")``).
 
+    The file must not shrink while it is open: like any ``mmap``, touching a page past
+    its new end kills the process with ``SIGBUS`` (kdump dumps, read with ``pread``,
+    raise :class:`~npguest.errors.DumpFormatError` instead).  Writing a dump back onto
+    its own path with :func:`write_dump` is safe: it replaces the file, it does not
+    truncate it.
+
     Parameters
     ----------
     path : str or os.PathLike
