@@ -724,6 +724,12 @@ class AtomicBitmap:
             f"dirty={self.count()}/{self._nbits})"
         )
 
+    def _repr_html_(self) -> str:
+        """Return the dirty strip Jupyter shows (see :func:`npguest.display.bitmap_html`)."""
+        from .display import bitmap_html
+
+        return bitmap_html(self)
+
 
 def _restore(byte_size: int, page_size: int, words: np.ndarray) -> AtomicBitmap:
     """Rebuild a pickled :class:`AtomicBitmap`."""

@@ -979,6 +979,12 @@ class GuestMemoryMmap(Bytes):
         size = sum(r._len for r in self._table.regions)
         return f"GuestMemoryMmap({n} region{'s' if n != 1 else ''}, {size:#x} bytes)"
 
+    def _repr_html_(self) -> str:
+        """Return the region table Jupyter shows (see :func:`npguest.display.memory_html`)."""
+        from .display import memory_html
+
+        return memory_html(self)
+
 
 def _access(access: int) -> None:
     """Check an access kind (a :class:`~npguest.iommu.Permissions` value, 0..3)."""

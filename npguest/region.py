@@ -473,6 +473,12 @@ class GuestRegionMmap(_Contiguous):
             f"{'ro' if self.is_readonly() else 'rw'})"
         )
 
+    def _repr_html_(self) -> str:
+        """Return the summary Jupyter shows (see :func:`npguest.display.region_html`)."""
+        from .display import region_html
+
+        return region_html(self)
+
 
 class RegionTable:
     """An immutable, validated, sorted sequence of regions with ``uint64`` lookup tables.

@@ -312,6 +312,12 @@ class VolatileSlice(_Contiguous):
     def __repr__(self) -> str:
         return f"VolatileSlice(host={self._host + self._off:#x}, len={self._len})"
 
+    def _repr_html_(self) -> str:
+        """Return the hexdump Jupyter shows (see :func:`npguest.display.slice_html`)."""
+        from .display import slice_html
+
+        return slice_html(self)
+
     # -- derived slices ------------------------------------------------------------------
     def subslice(self, offset: int, count: int) -> VolatileSlice:
         """Return the sub-range ``[offset, offset + count)``.
