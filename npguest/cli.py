@@ -411,51 +411,17 @@ def _read_command(args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
-def hexdump_lines(addr: int, values: np.ndarray, valid: np.ndarray) -> list[str]:
-    """Format bytes as ``xxd``-style lines with guest addresses; holes show as ``--``.
-
-    Parameters
-    ----------
-    addr : int
-        Guest address of ``values[0]``.
-    values : numpy.ndarray
-        ``uint8`` bytes.
-    valid : numpy.ndarray
-        ``bool``: which bytes are backed.
-
-    Returns
-    -------
-    list of str
-        One line per 16 bytes.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> hexdump_lines(0x1000, np.frombuffer(b"hi!", np.uint8), np.array([1, 1, 0], bool))
-    ['0x0000000000001000  68 69 --                                          hi.']
-    """
-    lines = []
-    for off in range(0, len(values), 16):
-        row, ok = values[off : off + 16].tolist(), valid[off : off + 16].tolist()
-        hexes = [f"{b:02x}" if v else "--" for b, v in zip(row, ok, strict=True)]
-        text = "".join(chr(b) if v and 32 <= b < 127 else "." for b, v in zip(row, ok, strict=True))
-        left = " ".join(hexes[:8]).ljust(23) + "  " + " ".join(hexes[8:]).ljust(23)
-        lines.append(f"{addr + off:#018x}  {left}  {text}")
-    return lines
-
-
 def _hexdump_command(args: argparse.Namespace) -> None:
-    _check_length(args.length)
+    from npguest.display import hexdump
+    from npguest.errors import InvalidGuestAddressError
+
     mem = _open(args)
     try:
-        values, valid = _masked(mem, args.addr, args.length)
+        if not _masked(mem, args.addr, min(args.length, MAX_SHOW))[1].any():
+            raise InvalidGuestAddressError(args.addr)
+        print(hexdump(mem, args.addr, args.length))
     finally:
         mem.close()
-    if not valid.any():
-        from npguest.errors import InvalidGuestAddressError
-
-        raise InvalidGuestAddressError(args.addr)
-    print("\n".join(hexdump_lines(args.addr, values, valid)))
 
 
 def find_pattern(
@@ -546,113 +512,32 @@ def _convert_command(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({args.to}, {args.output.stat().st_size:,} bytes)")
 
 
-def diff_pages(
-    a: GuestMemoryMmap, b: GuestMemoryMmap, page_size: int = 4096, progress: Any = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compare two memories page by page.
-
-    Parameters
-    ----------
-    a, b : GuestMemoryMmap
-        The memories (dumps of the same guest, typically).
-    page_size : int, optional
-        The comparison granularity (a power of two, default 4096).
-    progress : callable, optional
-        Called as ``progress(done_bytes, total_bytes)``.
-
-    Returns
-    -------
-    tuple of numpy.ndarray
-        ``uint64`` guest addresses of the pages that differ, of those only ``a`` backs, and
-        of those only ``b`` backs (a page partly backed counts as backed by its owner).
-
-    Examples
-    --------
-    >>> from npguest import GuestMemoryMmap
-    >>> x = GuestMemoryMmap.from_ranges([(0, 0x3000)])
-    >>> y = GuestMemoryMmap.from_ranges([(0x1000, 0x3000)])
-    >>> _ = y.write(b"!", 0x2010)
-    >>> [[hex(p) for p in r.tolist()] for r in diff_pages(x, y)]
-    [['0x2000'], ['0x0'], ['0x3000']]
-    """
-    import numpy as np
-
-    if page_size <= 0 or page_size & (page_size - 1):
-        raise ValueError(f"page size {page_size} is not a power of two")
-    pa, pb = _pages(a, page_size), _pages(b, page_size)
-    both = np.intersect1d(pa, pb)
-    only_a, only_b = np.setdiff1d(pa, both), np.setdiff1d(pb, both)
-    changed = []
-    step = max(STEP // page_size, 1)
-    for i in range(0, both.shape[0], step):
-        pages = both[i : i + step]
-        # runs of consecutive pages, read as one block from each side
-        cuts = np.flatnonzero(np.diff(pages) != np.uint64(page_size)) + 1
-        for run in np.split(pages, cuts):
-            start, n = int(run[0]), run.shape[0] * page_size
-            x, y = _read_pages(a, start, n), _read_pages(b, start, n)
-            differ = (x != y).reshape(run.shape[0], -1).any(axis=1)
-            changed.append(run[differ])
-        if progress is not None:
-            progress(min(i + step, both.shape[0]), both.shape[0])
-    out = np.concatenate(changed) if changed else np.zeros(0, dtype=np.uint64)
-    return out, only_a, only_b
-
-
-def _pages(mem: GuestMemoryMmap, page_size: int) -> np.ndarray:
-    import numpy as np
-
-    from npguest.walk import backed_runs
-
-    parts = [
-        np.arange(s // page_size, -(-e // page_size), dtype=np.uint64) * np.uint64(page_size)
-        for s, e in backed_runs(mem)
-    ]
-    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.uint64)
-
-
-def _read_pages(mem: GuestMemoryMmap, start: int, n: int) -> np.ndarray:
-    """Read ``n`` bytes at ``start``; bytes of a partly backed page outside it read as 0."""
-    import numpy as np
-
-    out = np.empty(n, dtype=np.uint8)
-    if mem.check_range(start, n):
-        mem.read_slice(out, start)
-        return out
-    return _masked(mem, start, n)[0]
-
-
 def _diff_command(args: argparse.Namespace) -> int:
+    from npguest.pages import diff
+
     a = _open(args, args.a)
     try:
         b = _open(args, args.b)
         try:
-            changed, only_a, only_b = diff_pages(a, b, args.page_size, _Progress("diff"))
+            result = diff(a, b, args.page_size)
         finally:
             b.close()
     finally:
         a.close()
-    for label, pages in (("changed", changed), (f"only in {args.a}", only_a),
-                         (f"only in {args.b}", only_b)):  # fmt: skip
-        for start, count in _coalesce(pages, args.page_size):
-            end = start + count * args.page_size - 1
-            print(f"{start:#018x}-{end:#018x} {count:>8} page{'s' if count > 1 else ' '} {label}")
-    n = changed.shape[0] + only_a.shape[0] + only_b.shape[0]
+    counts = []
+    for label, ranges in zip(
+        ("changed", f"only in {args.a}", f"only in {args.b}"), result, strict=True
+    ):
+        for start, length in ranges.tolist():
+            n = length // args.page_size
+            end = start + length - 1
+            print(f"{start:#018x}-{end:#018x} {n:>8} page{'s' if n > 1 else ' '} {label}")
+        counts.append(int(ranges[:, 1].sum()) // args.page_size)
     print(
-        f"{changed.shape[0]} pages changed, {only_a.shape[0]} only in {args.a}, "
-        f"{only_b.shape[0]} only in {args.b}",
+        f"{counts[0]} pages changed, {counts[1]} only in {args.a}, {counts[2]} only in {args.b}",
         file=sys.stderr,
     )
-    return DIFFERENT if n else 0
-
-
-def _coalesce(pages: np.ndarray, page_size: int) -> list[tuple[int, int]]:
-    import numpy as np
-
-    if not pages.shape[0]:
-        return []
-    cuts = np.flatnonzero(np.diff(pages) != np.uint64(page_size)) + 1
-    return [(int(run[0]), run.shape[0]) for run in np.split(pages, cuts)]
+    return DIFFERENT if any(counts) else 0
 
 
 def _tour_command(args: argparse.Namespace) -> None:

@@ -191,19 +191,6 @@ def test_convert_and_diff(raw_dump, tmp_path):
     assert status == cli.DIFFERENT and "2 pages only in" in text
 
 
-def test_diff_pages_partial_pages_and_bad_page_size():
-    from npguest import GuestMemoryMmap
-
-    a = GuestMemoryMmap.from_ranges([(0x800, 0x1000)])  # two partial pages
-    b = GuestMemoryMmap.from_ranges([(0, 0x2000)])
-    changed, only_a, only_b = cli.diff_pages(a, b)
-    assert changed.tolist() == [] and only_a.tolist() == [] and only_b.tolist() == []
-    b.write(b"x", 0x100)  # outside a's bytes of the page: a reads it as 0
-    assert cli.diff_pages(a, b)[0].tolist() == [0]
-    with pytest.raises(ValueError, match="power of two"):
-        cli.diff_pages(a, b, 3000)
-
-
 def test_dump_usage_errors(raw_dump):
     path, _ = raw_dump
     for argv in (["read", str(path), "zz", "1"], ["convert", str(path), "x"], ["info"]):
