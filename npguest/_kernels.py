@@ -651,3 +651,206 @@ def pages_entropy(data, page_size, xlogx, out):
             else:
                 s += c * np.log2(np.float64(c))
         out[p] = logn - s / page_size
+
+
+# -- scan (npguest/scan.py): literal, multi-literal and printable-run scans of one chunk ------
+#
+# Each kernel scans one chunk ``data`` of a run of guest memory and reports what *starts* in
+# its first ``owned`` bytes; the bytes past ``owned`` are the overlap into the next chunk.
+# Hot loops test a block of positions at once over slices (no negative-index wraparound, so
+# LLVM vectorises them), and only a block that passes the filter is checked position by
+# position.
+
+__all__ += ["find_literal", "find_literals", "printable_runs"]
+
+_SCAN_BLOCK = 128  # positions per vectorised filter step of find_literal
+_SCAN_MANY_BLOCK = 64  # ... of find_literals
+_SCAN_LANES = 4  # distinct key bytes per group of find_literals' union filter
+
+
+@njit(inline="always")
+def _scan_equal(data, s, pats, p0, m):
+    """Return whether ``data[s : s + m]`` equals ``pats[p0 : p0 + m]`` (bounds: the caller's)."""
+    t = 0
+    while t < m and data[s + t] == pats[p0 + t]:
+        t += 1
+    return t == m
+
+
+@njit(cache=True, nogil=True)
+def _scan_pair_next(data, j, full, i1, i2, b1, b2):
+    """Return the first block start in ``[j, full)`` that may hold a match, else ``full``.
+
+    Blocks are ``_SCAN_BLOCK`` positions from ``j``; one passes when some position ``s``
+    has ``data[s + i1] == b1`` and ``data[s + i2] == b2`` (one vectorised OR per block).
+    """
+    while j < full:
+        x = data[j + i1 : j + i1 + _SCAN_BLOCK]
+        y = data[j + i2 : j + i2 + _SCAN_BLOCK]
+        hit = False
+        for k in range(_SCAN_BLOCK):
+            hit |= (x[k] == b1) & (y[k] == b2)
+        if hit:
+            return j
+        j += _SCAN_BLOCK
+    return j
+
+
+@njit(cache=True, nogil=True)
+def find_literal(data, owned, pat, i1, i2, out):
+    """Write the offsets where ``pat`` starts in ``data[:owned]`` to ``out``; return how many.
+
+    Ascending; stops when ``out`` is full.  The filter compares bytes ``i1`` and ``i2`` of
+    the pattern (its two rarest) at a block of positions at once, and skips blocks where no
+    position passes.  A match lies in ``data`` entirely.
+    """
+    m = pat.shape[0]
+    last = min(owned, data.shape[0] - m + 1)  # candidate starts are [0, last)
+    full = max(0, last) // _SCAN_BLOCK * _SCAN_BLOCK
+    b1, b2 = pat[i1], pat[i2]
+    n = 0
+    j = 0
+    while j < last and n < out.shape[0]:
+        j = _scan_pair_next(data, j, full, i1, i2, b1, b2)
+        for s in range(j, min(j + _SCAN_BLOCK, last)):
+            if n < out.shape[0] and _scan_equal(data, s, pat, 0, m):
+                out[n] = s
+                n += 1
+        j += _SCAN_BLOCK
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _scan_union(x, y, u1, u2, ymask):
+    """Return whether some ``x[k]`` is in ``u1`` while ``y[k] & ymask`` is in ``u2 & ymask``.
+
+    Set membership is a minimum of XORs (zero: a member), and the answers are OR-ed into
+    one flag: both vectorise (byte-wide ``min``, then one test per block).
+    """
+    hit = False
+    for k in range(_SCAN_MANY_BLOCK):
+        xk, yk = x[k], y[k]
+        d1 = np.uint8(255)
+        d2 = np.uint8(255)
+        for q in range(_SCAN_LANES):
+            d1 = min(d1, np.uint8(xk ^ u1[q]))
+            d2 = min(d2, np.uint8(yk ^ u2[q]))
+        hit |= (d1 | (d2 & ymask)) == 0
+    return hit
+
+
+@njit(cache=True, nogil=True)
+def _scan_union_next(data, j, full, s1, s2, ymask):
+    """Return the first block start in ``[j, full)`` that may hold a key, else ``full``.
+
+    Blocks are ``_SCAN_MANY_BLOCK`` positions from ``j``; one passes the filter of a group
+    ``g`` of patterns when ``_scan_union`` with ``s1[g]``, ``s2[g]`` says so.
+    """
+    while j < full:
+        x = data[j : j + _SCAN_MANY_BLOCK]
+        y = data[j + 1 : j + _SCAN_MANY_BLOCK + 1]
+        for g in range(s1.shape[0]):
+            if _scan_union(x, y, s1[g], s2[g], ymask):
+                return j
+        j += _SCAN_MANY_BLOCK
+    return j
+
+
+@njit(cache=True, nogil=True)
+def find_literals(data, j, owned, pats, starts, lens, offs, wide, s1, s2, keys, kptr, order, out):
+    """Write an ``(offset, pattern)`` row to ``out`` per pattern starting in ``data[:owned]``.
+
+    Pattern ``p`` is ``pats[starts[p] : starts[p] + lens[p]]``; its *key* is its byte at
+    ``offs[p]`` (and the next, when ``wide``), so a key found at position ``pos`` puts a
+    candidate start at ``pos - offs[p]``.  Key positions are scanned from ``j`` on.
+    ``s1[g, :]`` / ``s2[g, :]`` hold the first / second key bytes of group ``g`` of patterns
+    (padded by repetition): a block of positions is skipped unless some position's key
+    bytes are both in one group's sets.  In the others, each position's key ``x | y << 8``
+    (``y`` is 0 when not ``wide``) is looked up in the bitmap ``keys`` (``uint8[8192]``),
+    then in the CSR index ``kptr`` (the patterns with that key are
+    ``order[kptr[key] : kptr[key + 1]]``), and the candidates are verified.
+
+    Returns ``(n, resume)``: ``n`` rows written, by key position (not by start); ``resume``
+    is the key position to call again from when ``out`` ran out of room (it must hold
+    every pattern), or -1 when the chunk is done.
+    """
+    ymask = np.uint8(0xFF if wide else 0)
+    ylast = 1 if wide else 0  # the key's last byte, past its position
+    jmax = min(data.shape[0] - ylast, owned + offs.max())  # key positions are [j, jmax)
+    full = j + max(0, min(jmax, data.shape[0] - 1) - j) // _SCAN_MANY_BLOCK * _SCAN_MANY_BLOCK
+    n = 0
+    while j < jmax:
+        j = _scan_union_next(data, j, full, s1, s2, ymask)
+        for pos in range(j, min(j + _SCAN_MANY_BLOCK, jmax)):
+            key = np.int64(data[pos])
+            if wide:
+                key |= np.int64(data[pos + 1]) << 8
+            if not (keys[key >> 3] >> (key & 7)) & 1:
+                continue
+            if n + kptr[key + 1] - kptr[key] > out.shape[0]:
+                return n, pos
+            for e in range(kptr[key], kptr[key + 1]):
+                p = order[e]
+                s = pos - offs[p]
+                inside = 0 <= s < owned and s + lens[p] <= data.shape[0]
+                if inside and _scan_equal(data, s, pats, starts[p], lens[p]):
+                    out[n, 0] = s
+                    out[n, 1] = p
+                    n += 1
+        j += _SCAN_MANY_BLOCK
+    return n, -1
+
+
+@njit(cache=True, nogil=True)
+def _scan_any_printable(x):
+    """Return whether block ``x`` (``_SCAN_BLOCK`` bytes) holds a printable byte (vectorised)."""
+    hit = False
+    for k in range(_SCAN_BLOCK):
+        hit |= (np.uint8(x[k] - 0x20) < 0x5F) | (x[k] == 0x09)
+    return hit
+
+
+@njit(cache=True, nogil=True)
+def printable_runs(data, owned, width, min_len):
+    """Return the runs of printable characters starting in ``data[:owned]``: ``(starts, nchars)``.
+
+    A character is one printable byte (``width`` 1), or a printable byte followed by a zero
+    byte (``width`` 2: UTF-16LE, at either parity).  A run is a maximal sequence of
+    characters ``width`` bytes apart.  Reported: runs of at least ``min_len`` characters,
+    and every run that may continue in a neighbouring chunk (its first character is at an
+    offset below ``width``, or its next one at ``owned`` or past), whatever its length.
+    Per byte the loop branches only on rare events (a reported run); a block without a
+    printable byte is skipped whole.
+    """
+    # each reported run but two per parity ends at a non-character: a bound on their number
+    cap = owned // (min_len + 1) + 3 * width
+    starts = np.empty(cap, dtype=np.int64)
+    counts = np.empty(cap, dtype=np.int64)
+    n = 0
+    pend = min(owned, data.shape[0] - width + 1)  # positions with room for a character
+    for phase in range(width):
+        run = 0
+        p = phase
+        probe = p  # where the next skip test may start
+        while p < pend:
+            if p >= probe and run == 0 and p + _SCAN_BLOCK <= pend:
+                probe = p + _SCAN_BLOCK
+                if not _scan_any_printable(data[p : p + _SCAN_BLOCK]):
+                    p += _SCAN_BLOCK  # even: keeps the parity
+                    continue
+            b = data[p]
+            ok = (np.uint8(b - 0x20) < 0x5F) | (b == 0x09)
+            ok &= (data[p + width - 1] == 0) | (width == 1)
+            ended = 0 if ok else run  # the length of a run ending at p
+            if (ended >= min_len) | ((ended > 0) & (p - ended * width < width)):
+                starts[n] = p - ended * width
+                counts[n] = ended
+                n += 1
+            run = run + 1 if ok else 0
+            p += width
+        # a run reaching the end: it may continue in the next chunk (or p is in [pend, owned))
+        if run >= min_len or (run and (p >= owned or p - run * width < width)):
+            starts[n] = p - run * width
+            counts[n] = run
+            n += 1
+    return starts[:n], counts[:n]
