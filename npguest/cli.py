@@ -19,8 +19,8 @@ Subcommands:
     Build a small guest memory with a file-backed region on generated sample data and
     walk through the API, printing each step and what it returned.
 
-Addresses and lengths take decimal, ``0x`` hex, and ``K``/``M``/``G`` suffixes.  Long
-operations draw a progress bar when standard error is a terminal.
+Addresses and lengths take decimal, ``0x`` hex, and ``K``/``M``/``G`` suffixes.  ``convert``
+draws a progress bar when standard error is a terminal.
 
 Exit status: 0 on success (for ``diff``: the dumps are equal), 1 when npguest reports an
 error (one line on stderr), 2 for bad command-line usage, 3 when ``diff`` found
@@ -35,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,8 +50,6 @@ DIFFERENT = 3
 BROKEN_PIPE = 141
 #: Most bytes ``read``/``hexdump`` print at once.
 MAX_SHOW = 1 << 24
-#: Bytes ``find`` and ``diff`` look at per step.
-STEP = 1 << 24
 
 
 def _step(out: TextIO, title: str) -> None:
@@ -424,65 +422,6 @@ def _hexdump_command(args: argparse.Namespace) -> None:
         mem.close()
 
 
-def find_pattern(
-    mem: GuestMemoryMmap, pattern: bytes, limit: int | None = None, progress: Any = None
-) -> list[int]:
-    """Return the guest addresses where ``pattern`` occurs, in ascending order.
-
-    Matches may cross adjacent regions; they never span a hole.
-
-    Parameters
-    ----------
-    mem : GuestMemoryMmap
-        The memory (any: a dump, a live guest memory).
-    pattern : bytes
-        What to look for (non-empty).
-    limit : int, optional
-        Stop after this many matches.
-    progress : callable, optional
-        Called as ``progress(done_bytes, total_bytes)``.
-
-    Returns
-    -------
-    list of int
-        Guest physical addresses.
-
-    Raises
-    ------
-    ValueError
-        ``pattern`` is empty.
-
-    Examples
-    --------
-    >>> from npguest import GuestMemoryMmap
-    >>> mem = GuestMemoryMmap.from_ranges([(0, 0x1000), (0x1000, 0x1000), (0x8000, 0x100)])
-    >>> _ = mem.write(b"needle", 0xFFD), mem.write(b"needle", 0x8010)
-    >>> [hex(a) for a in find_pattern(mem, b"needle")]
-    ['0xffd', '0x8010']
-    """
-    from npguest.walk import backed_runs, iter_chunks
-
-    if not pattern:
-        raise ValueError("the pattern is empty")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit}")
-    total = sum(e - s for s, e in backed_runs(mem))
-    found: list[int] = []
-    done = 0
-    for addr, data, owned in iter_chunks(mem, STEP, overlap=len(pattern) - 1):
-        text = data.tobytes()
-        i = text.find(pattern)
-        while 0 <= i < owned:
-            found.append(addr + i)
-            if limit is not None and len(found) >= limit:
-                return found
-            i = text.find(pattern, i + 1)
-        done += owned
-        if progress is not None:
-            progress(done, total)
-    return found
-
-
 def _find_command(args: argparse.Namespace) -> None:
     if args.hex:
         try:
@@ -491,9 +430,11 @@ def _find_command(args: argparse.Namespace) -> None:
             raise ValueError(f"not a hex byte string: {args.pattern!r}") from None
     else:
         pattern = args.pattern.encode()
+    from npguest.scan import find
+
     mem = _open(args)
     try:
-        hits = find_pattern(mem, pattern, args.max, _Progress("find"))
+        hits = find(mem, pattern, limit=args.max).tolist()
     finally:
         mem.close()
     for addr in hits:

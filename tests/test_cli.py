@@ -158,20 +158,6 @@ def test_find(raw_dump):
     assert status == 1 and "not a hex byte string" in err
 
 
-def test_find_pattern_across_regions_and_chunks(monkeypatch):
-    from npguest import GuestMemoryMmap
-
-    monkeypatch.setattr(cli, "STEP", 0x100)
-    mem = GuestMemoryMmap.from_ranges([(0, 0x1000), (0x1000, 0x1000), (0x3000, 0x1000)])
-    where = [0x0FE, 0xFFE, 0x1FFC, 0x3000, 0x3FFA]
-    for a in where:
-        mem.write(b"needle", a)
-    assert cli.find_pattern(mem, b"needle") == [a for a in where if a != 0x1FFC]
-    assert cli.find_pattern(mem, b"needle", limit=2) == where[:2]
-    with pytest.raises(ValueError, match="empty"):
-        cli.find_pattern(mem, b"")
-
-
 def test_convert_and_diff(raw_dump, tmp_path):
     path, data = raw_dump
     out = tmp_path / "copy.raw"
@@ -247,14 +233,6 @@ def test_counts_and_page_sizes_are_checked(raw_dump):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         assert exc.value.code == 2, argv
-    with pytest.raises(ValueError, match="at least 1"):
-        cli.find_pattern(npguest_memory(), b"x", limit=0)
-
-
-def npguest_memory():
-    from npguest import GuestMemoryMmap
-
-    return GuestMemoryMmap.from_ranges([(0, 0x1000)])
 
 
 def test_broken_pipe_exits_quietly(tmp_path):
@@ -270,9 +248,10 @@ def test_broken_pipe_exits_quietly(tmp_path):
 def test_info_reports_excluded_ranges(tmp_path):
     import numpy as np
 
+    from npguest import GuestMemoryMmap
     from npguest.dumps.dump import DumpMemory, DumpMetadata
 
-    regions = list(npguest_memory().iter())
+    regions = list(GuestMemoryMmap.from_ranges([(0, 0x1000)]).iter())
     meta = DumpMetadata("kdump", "x", excluded=np.array([[0x100, 0x200]], dtype=np.uint64))
     text = cli._info(DumpMemory(regions, meta), tmp_path / "x")
     assert "excluded  512 bytes in 1 ranges (holes)" in text
