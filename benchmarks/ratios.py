@@ -2,9 +2,10 @@
 
 Usage: ``python benchmarks/ratios.py``.  Rows of the dirty-tracking issue start with
 ``3:``, those of the dumps issue with ``4:``, those of the IOMMU / page-table issue with
-``5:``; the others are the core issue's.  Each row times npguest and its baseline in this
-process, interleaved, best of many repeats (the same code as the asv suite's ``time_*``
-and ``track_*_ratio`` benchmarks, which this reuses).  The table reports; it does not
+``5:``, those of the analysis issue with ``7:``; the others are the core issue's.  Each
+row times npguest and its baseline in this process, interleaved, best of many repeats
+(the same code as the asv suite's ``time_*`` and ``track_*_ratio`` benchmarks, which this
+reuses).  The table reports; it does not
 gate: the exit status is 0 whatever the ratios, non-zero only if a measurement crashed.
 
 asv imports this module while collecting benchmarks, so it defines no ``time_*``,
@@ -31,8 +32,10 @@ from benchmarks import (
     bench_import,
     bench_iommu,
     bench_kdump,
+    bench_pages,
     bench_paging,
     bench_scalar,
+    bench_scan,
 )
 
 # (benchmark class, pair name, label, largest passing ratio); rows run for every value
@@ -56,6 +59,9 @@ RATIO_ROWS = [
     (bench_dumps.DumpReads, "read_obj", "4: dump read_obj Le64 x10k/struct", 3.0),
     # issue 5: IOMMU
     (bench_iommu.Fragmented, "read_slice", "5: IommuMemory read 64 MiB/4 KiB pieces", 1 / 0.5),
+    # issue 7: scans over a page-cached 1 GiB dump, against mmap.find over the same file
+    (bench_scan.Scan, "find", "7: find 14 B literal 1 GiB/mmap.find", 1.0),
+    (bench_scan.Scan, "find_many", "7: find_many 16 literals/mmap.find", 2.0),
 ]
 QUERY_LIMIT_US = 50.0
 
@@ -139,6 +145,10 @@ def _value_rows():
     yield ("5: mappings() 100k 4 KiB pages", f"{ms:.1f} ms", "-", "-",
            f"< {bench_paging.MAPPINGS_LIMIT_MS:g} ms",
            _verdict(ms < bench_paging.MAPPINGS_LIMIT_MS))  # fmt: skip
+    gbps = bench_pages.zero_map_gbps()
+    yield ("7: zero-page map 1 GiB", f"{gbps:.1f} GB/s", "-", "-",
+           f">= {bench_pages.ZERO_MAP_TARGET_GBPS:g} GB/s",
+           _verdict(gbps >= bench_pages.ZERO_MAP_TARGET_GBPS))  # fmt: skip
     loaded = _common.numba_modules_after_import("npguest")
     yield ("import npguest loads numba", f"{loaded} modules", "0 modules", "-", "== 0",
            _verdict(loaded == 0))  # fmt: skip
