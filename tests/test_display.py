@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from npguest import AtomicBitmap, GuestMemoryMmap, GuestRegionMmap, VolatileSlice
 from npguest import display as dp
-from npguest.cli import hexdump_lines
 from npguest.dumps.dump import DumpMemory, DumpMetadata
 from npguest.dumps.kdump import open_kdump, write_kdump
 from npguest.errors import GuestAddressOverflowError
@@ -23,6 +22,19 @@ from npguest.pages import page_entropy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+
+def hexdump_lines(addr, values, valid):
+    """The model: xxd-style lines, holes as ``--``."""
+    lines = []
+    for off in range(0, len(values), 16):
+        row, ok = values[off : off + 16].tolist(), valid[off : off + 16].tolist()
+        hexes = [f"{b:02x}" if v else "--" for b, v in zip(row, ok, strict=True)]
+        text = "".join(chr(b) if v and 32 <= b < 127 else "." for b, v in zip(row, ok, strict=True))
+        left = " ".join(hexes[:8]).ljust(23) + "  " + " ".join(hexes[8:]).ljust(23)
+        lines.append(f"{addr + off:#018x}  {left}  {text}")
+    return lines
+
 
 VOID = {"br", "hr", "img", "input", "meta", "link", "col", "wbr"}
 
