@@ -6,6 +6,11 @@ of ``mmap``-backed memory placed in a guest physical address space, ``Bytes``-st
 access that crosses region boundaries, volatile slices, numpy dtypes as ``ByteValued``
 objects, and vectorised batch reads and writes.
 
+Analysis lives in submodules: :mod:`npguest.scan` (``find``, ``find_many``, ``strings``...),
+:mod:`npguest.pages` (zero pages, hashes, entropy, ``diff``), :mod:`npguest.display`
+(``hexdump``, HTML reprs, plots), :mod:`npguest.walk`; :mod:`npguest.dask` scales scans out
+(``pip install npguest[dask]``; imported on demand).
+
 Importing npguest compiles nothing and does not import numba; kernels load on first use.
 
 Examples
@@ -21,7 +26,7 @@ Examples
 
 from __future__ import annotations
 
-from . import errors
+from . import display, errors, pages, scan, walk
 from .access import Bytes
 from .address import U64_MAX, Address, GuestAddress, MemoryRegionAddress
 from .atomic import GuestAddressSpace, GuestMemoryAtomic, GuestMemoryExclusiveGuard
@@ -92,8 +97,12 @@ __all__ = [
     "X86PageTables",
     "__version__",
     "as_bytes",
+    "display",
     "errors",
     "from_bytes",
     "open_dump",
+    "pages",
+    "scan",
+    "walk",
     "write_dump",
 ]
