@@ -27,6 +27,7 @@ from benchmarks import (
     bench_batch,
     bench_construct,
     bench_copy,
+    bench_dask,
     bench_dirty,
     bench_dumps,
     bench_import,
@@ -149,6 +150,9 @@ def _value_rows():
     yield ("7: zero-page map 1 GiB", f"{gbps:.1f} GB/s", "-", "-",
            f">= {bench_pages.ZERO_MAP_TARGET_GBPS:g} GB/s",
            _verdict(gbps >= bench_pages.ZERO_MAP_TARGET_GBPS))  # fmt: skip
+    dask_speedup, pool_speedup = bench_dask.scan_many_speedup()
+    yield ("7: scan_many 8 dumps, 2 workers / serial", f"{dask_speedup:.2f}x",
+           f"pool {pool_speedup:.2f}x", "-", ">= 1.6x", _verdict(dask_speedup >= 1.6))  # fmt: skip
     loaded = _common.numba_modules_after_import("npguest")
     yield ("import npguest loads numba", f"{loaded} modules", "0 modules", "-", "== 0",
            _verdict(loaded == 0))  # fmt: skip
