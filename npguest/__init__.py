@@ -26,31 +26,44 @@ Examples
 
 from __future__ import annotations
 
-from . import display, errors, pages, scan, walk
+from . import errors
 from .access import Bytes
 from .address import U64_MAX, Address, GuestAddress, MemoryRegionAddress
 from .atomic import GuestAddressSpace, GuestMemoryAtomic, GuestMemoryExclusiveGuard
 from .bitmap import AtomicBitmap, Bitmap, BitmapSlice, NoBitmap
 from .dtypes import Be16, Be32, Be64, BeSize, Le16, Le32, Le64, LeSize, as_bytes, from_bytes
-from .dumps import DumpMemory, DumpMetadata, open_dump, write_dump
 from .errors import GuestMemoryError
 from .guest_memory import GuestMemoryMmap, GuestMemorySliceIterator
-from .iommu import (
-    Iommu,
-    IommuMemory,
-    Iotlb,
-    IotlbIommu,
-    IotlbLookup,
-    IovaRange,
-    MappedRange,
-    Permissions,
-)
 from .mapping import FileOffset, MmapRegion
-from .paging import PageFlags, X86PageTables
 from .region import GuestRegionMmap
 from .volatile import PtrGuard, VolatileArrayRef, VolatileRef, VolatileSlice
 
 __version__ = "0.1.0"
+
+# Loaded on first use, so that ``import npguest`` costs only the memory core (the import
+# target is 1.5x ``import numpy``): the analysis submodules, and the names of the IOMMU,
+# page-table and dump layers.
+_SUBMODULES = frozenset({"display", "dumps", "pages", "scan", "walk"})
+_LAZY = {
+    **dict.fromkeys(
+        ("Iommu", "IommuMemory", "Iotlb", "IotlbIommu", "IotlbLookup", "IovaRange",
+         "MappedRange", "Permissions"),
+        "iommu",
+    ),
+    **dict.fromkeys(("PageFlags", "X86PageTables"), "paging"),
+    **dict.fromkeys(("DumpMemory", "DumpMetadata", "open_dump", "write_dump"), "dumps"),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "U64_MAX",
