@@ -320,22 +320,33 @@ def _apply(f: Callable[[Any], Any], items: list[Any]) -> list[Any]:
     return [f(x) for x in items]
 
 
-def _submit(f: Callable[[Any], Any], items: list[Any]) -> list[Future[list[Any]]]:
+def _submit(
+    f: Callable[[Any], Any], items: list[Any], batched: bool = False
+) -> list[Future[list[Any]]]:
     """Start ``[f(x) for x in items]``: split among the pool's threads when there are many.
 
     zlib, LZO, snappy and zstd release the GIL while they work, so the threads run at
-    once, and the caller can do other work meanwhile (see :func:`_collect`).  Few items
-    are done here and now.
+    once; the calling thread does the last share itself (on two cores, a third busy thread
+    only adds switching).  Few items are done here and now.  ``batched``: ``f`` takes a
+    list of items and returns the list of results.
     """
+    run = f if batched else partial(_apply, f)
     if WORKERS < 2 or len(items) < PARALLEL_MIN:
         done: Future[list[Any]] = Future()
         try:
-            done.set_result(_apply(f, items))
+            done.set_result(run(items))
         except Exception as exc:
             done.set_exception(exc)
         return [done]
+    # the pool takes all but the last share, which this thread does itself meanwhile
     pool, step = _thread_pool(), -(-len(items) // WORKERS)
-    return [pool.submit(_apply, f, items[i : i + step]) for i in range(0, len(items), step)]
+    futures = [pool.submit(run, items[i : i + step]) for i in range(0, len(items) - step, step)]
+    mine: Future[list[Any]] = Future()
+    try:
+        mine.set_result(run(items[len(futures) * step :]))
+    except Exception as exc:
+        mine.set_exception(exc)
+    return [*futures, mine]
 
 
 def _collect(futures: list[Future[list[Any]]]) -> list[Any]:
@@ -919,8 +930,28 @@ class _Pages:
         raw = self.src.gather(at, _PAGE_DESC_SIZE, "page_desc")
         return idx, raw.view(self.desc_dtype).reshape(-1)
 
-    def _decode(self, job: tuple[int, int, int, int, int]) -> bytes:
-        """Decompress one page: ``(pfn, descriptor index, offset, size, flags)``."""
+    def _decode_many(self, jobs: list[tuple[int, int, int, int, int]]) -> list[bytes]:
+        """Decompress pages, reading the data of a contiguous batch with one ``pread``.
+
+        Pages written one after the other (every producer's layout) are read together;
+        anything else, and every error, takes the per-page path of :meth:`_decode`.
+        """
+        lo = min(job[2] for job in jobs)
+        hi = max(job[2] + job[3] for job in jobs)
+        total = sum(job[3] for job in jobs)
+        if len(jobs) < 2 or hi - lo > total + total // 4 or hi > self.src.size:
+            return [self._decode(job) for job in jobs]
+        try:
+            span = memoryview(self.src.read(lo, hi - lo, "page data"))
+        except DumpFormatError:
+            return [self._decode(job) for job in jobs]  # (names the page at fault)
+        return [self._decode(job, span[job[2] - lo : job[2] - lo + job[3]]) for job in jobs]
+
+    def _decode(self, job: tuple[int, int, int, int, int], data: Any = None) -> bytes:
+        """Decompress one page: ``(pfn, descriptor index, offset, size, flags)``.
+
+        ``data`` is the page's stored bytes when the caller read them already.
+        """
         _, _, offset, size, flags = job
         block, src = self.block, self.src
         c = _CODECS.get(flags)
@@ -935,14 +966,16 @@ class _Pages:
                 f"{size} bytes of page data at {src.where(offset)} run past the end of the "
                 f"{src.size}-byte {'plain ' if src.flattened else ''}file",
             )  # fmt: skip
-        try:
-            data = src.read(offset, size, "page data")
-        except DumpFormatError as exc:
-            raise self._bad(
-                job, 0, "offset", f"{size} bytes of page data at {src.where(offset)}: {exc.reason}"
-            ) from exc
+        if data is None:
+            try:
+                data = src.read(offset, size, "page data")
+            except DumpFormatError as exc:
+                raise self._bad(
+                    job, 0, "offset",
+                    f"{size} bytes of page data at {src.where(offset)}: {exc.reason}",
+                ) from exc  # fmt: skip
         if c is None:
-            return data
+            return bytes(data)
         try:
             name, module = _codec_module(c)
         except ImportError as exc:
@@ -989,7 +1022,7 @@ class _Pages:
             return out, keys, first, []
         pfn_list, idx_list = pfns.tolist(), idx.tolist()
         jobs = [(pfn_list[k], idx_list[k], *keys[k]) for k in first.values()]
-        return out, keys, first, _submit(self._decode, jobs)
+        return out, keys, first, _submit(self._decode_many, jobs, batched=True)
 
     def _finish(self, handle: tuple[list[Any], list[Any], Any, list[Any]]) -> list[bytes]:
         """Complete :meth:`_start`: the pages' bytes, the new ones put in the cache."""
