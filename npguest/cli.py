@@ -412,11 +412,13 @@ def _read_command(args: argparse.Namespace) -> None:
 def _hexdump_command(args: argparse.Namespace) -> None:
     from npguest.display import hexdump
     from npguest.errors import InvalidGuestAddressError
+    from npguest.walk import backed_runs
 
     mem = _open(args)
     try:
-        if not _masked(mem, args.addr, min(args.length, MAX_SHOW))[1].any():
-            raise InvalidGuestAddressError(args.addr)
+        end = args.addr + args.length
+        if not any(max(s, args.addr) < min(e, end) for s, e in backed_runs(mem)):
+            raise InvalidGuestAddressError(args.addr)  # (checked without reading the bytes)
         print(hexdump(mem, args.addr, args.length))
     finally:
         mem.close()
