@@ -53,6 +53,14 @@ def _k() -> ModuleType:
     return _kernels
 
 
+def _decode_ranges(words: np.ndarray, shift: int, byte_size: int) -> np.ndarray:
+    """Decode packed words as ``(start, length)`` byte ranges with this host's best kernel."""
+    k = _k()
+    if k.VECTOR_EDGES:
+        return k.bitmap_ranges_vector(words, shift, byte_size, k.DENSE_EDGES)
+    return k.bitmap_ranges(words, shift, byte_size)
+
+
 @runtime_checkable
 class Bitmap(Protocol):
     """What npguest needs of a dirty bitmap (vm-memory's ``Bitmap`` trait)."""
@@ -380,10 +388,11 @@ class AtomicBitmap:
     def _fold(self) -> np.ndarray:
         """Return a snapshot of all the words (the page byte map folded in).
 
-        ``packbits`` makes byte ``64 * w + b`` of the map bit ``b`` of word ``w`` (bytes
-        are little-endian within a word on every host numba targets here).
+        Byte ``64 * w + b`` of the map is bit ``b`` of word ``w``.
         """
-        return self._words | np.packbits(self._pages, bitorder="little").view(np.uint64)
+        out = np.empty_like(self._words)
+        _k().bitmap_fold(self._words, self._pages, out)
+        return out
 
     # -- vm-memory's methods ---------------------------------------------------------------
     def len(self) -> int:
@@ -544,7 +553,7 @@ class AtomicBitmap:
         """
         out = np.empty(-(-self._nbits // 64), dtype=np.uint64)
         _k().bitmap_take(self._ptr, out)
-        _k().lane_take(self._pages.view(np.uint64), out)
+        _k().lane_take(self._pages, out)
         return out
 
     def reset(self) -> None:
@@ -638,7 +647,7 @@ class AtomicBitmap:
         numpy.ndarray
             A ``(n, 2)`` ``uint64`` array of byte offsets and lengths.
         """
-        return self.ranges_of(self.snapshot())
+        return _decode_ranges(self.snapshot(), self._shift, self._byte_size)
 
     def get_and_reset_ranges(self) -> np.ndarray:
         """Atomically take and clear the bitmap, and return what was dirty as ranges.
@@ -677,7 +686,7 @@ class AtomicBitmap:
         words = np.array(words, dtype=np.uint64)  # a copy: bits past len() are dropped
         if self._nbits % 64:
             words[-1] &= np.uint64((1 << (self._nbits % 64)) - 1)
-        return _k().bitmap_ranges(words, self._shift, self._byte_size)
+        return _decode_ranges(words, self._shift, self._byte_size)
 
     def mark_dirty_many(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Mark many ``[offset, offset + length)`` ranges dirty in one kernel call.

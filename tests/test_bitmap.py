@@ -229,6 +229,56 @@ def test_ranges_decode_any_words(words, tail, shift):
     want = [[s * page, min(e * page, byte_size) - s * page] for s, e in want]
     arr = np.array(words, dtype=np.uint64)[: -(-b.len() // 64)]
     assert b.ranges_of(arr).tolist() == want
+    for decode in decoders():
+        assert decode(arr, shift, byte_size).tolist() == want
+
+
+def decoders():
+    """Every run decoder this host can run, the vector one forced on sparse words too."""
+    from npguest import _kernels as k
+
+    yield k.bitmap_ranges
+    if k.VECTOR_EDGES:
+        yield lambda words, shift, byte_size: k.bitmap_ranges_vector(words, shift, byte_size, 0)
+
+
+def model_ranges(words: np.ndarray, shift: int, byte_size: int) -> np.ndarray:
+    """``(start, length)`` byte ranges of the runs of set bits, by numpy (no bit tricks)."""
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little").astype(np.int8)
+    edges = np.flatnonzero(np.diff(bits, prepend=0, append=0))
+    starts, ends = edges[0::2].astype(np.uint64), edges[1::2].astype(np.uint64)
+    lengths = np.minimum(ends << np.uint64(shift), np.uint64(byte_size)) - (
+        starts << np.uint64(shift)
+    )
+    return np.stack([starts << np.uint64(shift), lengths], axis=1)
+
+
+@pytest.mark.parametrize("density", [0.001, 0.01, 0.2, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("shift", [0, 12, 21])
+def test_decoders_agree_on_large_random_bitmaps(density, shift):
+    """4,096 words at each density: every decoder against numpy's diff of the bits."""
+    rng = np.random.default_rng(int(density * 1000) + shift)
+    bits = rng.random(4096 * 64) < density
+    bits[-1] = density > 0.5  # a run may reach the last bit
+    words = np.packbits(bits, bitorder="little").view(np.uint64)
+    byte_size = (len(bits) << shift) - (1 << shift) // 3
+    want = model_ranges(words, shift, byte_size)
+    for decode in decoders():
+        np.testing.assert_array_equal(decode(words, shift, byte_size), want)
+
+
+def test_vector_decoder_crowded_words():
+    """Words with more edges than one vector step writes (alternating bits), between others."""
+    from npguest import _kernels as k
+
+    if not k.VECTOR_EDGES:
+        pytest.skip("this host has no AVX512-VBMI2: the vector decoder is not used")
+    alternating = 0x5555_5555_5555_5555
+    for pattern in ([alternating] * 5, [U64_MAX, alternating, 0, alternating << 1, U64_MAX]):
+        words = np.array(pattern, dtype=np.uint64)
+        want = model_ranges(words, 12, len(pattern) * 64 * 4096)
+        got = k.bitmap_ranges_vector(words, 12, len(pattern) * 64 * 4096, k.DENSE_EDGES)
+        np.testing.assert_array_equal(got, want)
 
 
 @given(data=st.data(), page=PAGE_SIZES, npages=st.integers(0, 300), tail=st.integers(0, 63))
@@ -436,3 +486,13 @@ def test_review_edge_cases():
     assert BitmapSlice(b, np.uint64(5)).offset == 5
     # stray bits past len() in user words are ignored
     assert AtomicBitmap(100, 64).ranges_of(np.array([0b101], dtype=np.uint64)).tolist() == [[0, 64]]
+
+
+def test_vector_decoder_only_for_the_host_target(monkeypatch):
+    """A portable numba target (``NUMBA_CPU_NAME=generic``) keeps the scalar decoder."""
+    from numba.core import config
+
+    from npguest import _kernels as k
+
+    monkeypatch.setattr(config, "CPU_NAME", "generic")
+    assert k._vector_edges() is False
