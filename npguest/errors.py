@@ -203,16 +203,27 @@ class StreamError(GuestMemoryError, OSError):
         What happened (e.g. ``"failed to fill whole buffer"``).
     completed : int, optional
         Bytes moved before the failure.
+    addr : int, optional
+        Guest address of the range being moved when it failed.
+    length : int, optional
+        That range's length.
     """
 
-    def __init__(self, reason: str, completed: int = 0) -> None:
-        super().__init__(reason, completed)
+    def __init__(
+        self, reason: str, completed: int = 0, addr: int | None = None, length: int | None = None
+    ) -> None:
+        super().__init__(reason, completed, addr, length)
+        # OSError.__init__ kept only (errno, strerror) of four arguments in args: restore them
+        self.args = (reason, completed, addr, length)
         self.errno, self.strerror = None, reason
         self.reason = reason
         self.completed = int(completed)
+        self.addr = None if addr is None else int(addr)
+        self.length = None if length is None else int(length)
 
     def _message(self) -> str:
-        return f"stream error after {self.completed} bytes: {self.reason}"
+        where = "" if self.addr is None else f" in guest range {self.addr:#x}+{self.length}"
+        return f"stream error after {self.completed} bytes{where}: {self.reason}"
 
 
 class VolatileMemoryError(GuestMemoryError):

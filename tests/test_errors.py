@@ -106,9 +106,9 @@ SAMPLES = {
     HostAddressNotAvailableError: ((), {}, ["host virtual address not available"]),
     CallbackOutOfRangeError: ((16, 17), {"offered": 16, "reported": 17}, ["16", "17"]),
     StreamError: (
-        ("failed to fill whole buffer", 3),
-        {"reason": "failed to fill whole buffer", "completed": 3},
-        ["failed to fill whole buffer", "3"],
+        ("failed to fill whole buffer", 3, 0x2000, 4096),
+        {"reason": "failed to fill whole buffer", "completed": 3, "addr": 0x2000, "length": 4096},
+        ["failed to fill whole buffer", "3", "0x2000+4096"],
     ),
     VolatileMemoryError: (("volatile trouble",), {}, ["volatile trouble"]),
     OutOfBoundsError: ((101,), {"addr": 101}, ["0x65"]),
@@ -327,6 +327,8 @@ def test_optional_arguments_default():
     assert InvalidBackendAddressError(5).reason == ""
     assert str(InvalidBackendAddressError(5)) == "invalid backend address 0x5"
     assert StreamError("boom").completed == 0
+    assert StreamError("boom").args == ("boom", 0, None, None)
+    assert StreamError("boom").addr is None and "guest range" not in str(StreamError("boom"))
     assert str(InaccessibleError(0x1000, 1)) == (
         "cannot translate I/O virtual address range 0x1000+1"
     )

@@ -1,0 +1,76 @@
+"""hand_over: every taken page is either handed over or dirty again, whatever fails where."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from npguest import AtomicBitmap, GuestMemoryMmap
+from npguest.errors import PartialBufferError, StreamError
+from npguest.handover import hand_over, split_ranges
+from npguest.progress import Tracker
+
+PAGE = 4096
+LAYOUT = [(0, 8 * PAGE), (8 * PAGE, 8 * PAGE), (32 * PAGE, 8 * PAGE)]  # adjacent, then a hole
+PAGES = [p for base, size in LAYOUT for p in range(base // PAGE, (base + size) // PAGE)]
+
+
+def pages_of(ranges) -> set[int]:
+    return {p for a, n in ranges for p in range(a // PAGE, -(-(a + n) // PAGE))}
+
+
+@given(
+    dirty=st.sets(st.sampled_from(PAGES), min_size=1),
+    fail_at=st.integers(0, 40),
+    through=st.integers(0, 3 * PAGE),
+    kind=st.sampled_from(["os", "partial", "stream"]),
+)
+def test_nothing_is_lost(dirty, fail_at, through, kind):
+    mem = GuestMemoryMmap.from_ranges(LAYOUT, bitmap=AtomicBitmap)
+    for p in dirty:
+        mem.write(b"x", p * PAGE)
+    ranges = mem.get_and_reset_dirty()
+    assert pages_of(ranges.tolist()) == dirty
+    sent = []
+
+    def send(addr, length):
+        if len(sent) == fail_at:
+            n = min(through, length)
+            sent.append((addr, n))
+            if kind == "os":
+                raise OSError("connection reset")
+            raise PartialBufferError(length, n) if kind == "partial" else StreamError("short", n)
+        sent.append((addr, length))
+
+    seen = []
+    if fail_at >= len(ranges):
+        total = hand_over(mem, ranges, send, Tracker(seen.append))
+        assert total == sum(n for _, n in ranges.tolist()) == seen[-1].done
+        assert mem.dirty_ranges().shape == (0, 2)
+        return
+    with pytest.raises(StreamError) as info:
+        hand_over(mem, ranges, send, Tracker(seen.append))
+    addr, length = ranges[fail_at].tolist()
+    assert (info.value.addr, info.value.length) == (addr, length)
+    assert f"{addr:#x}+{length}" in str(info.value) and info.value.__cause__ is not None
+    if kind == "os":
+        sent[-1] = (addr, 0)
+    assert info.value.completed == sum(n for _, n in sent)
+    handed = pages_of(sent[:-1]) | {
+        p for p in pages_of([sent[-1]]) if (p + 1) * PAGE <= addr + sent[-1][1]
+    }
+    # every taken page: handed over whole, or dirty again (a page half through is resent)
+    assert pages_of(mem.dirty_ranges().tolist()) == dirty - handed
+
+
+def test_split_ranges():
+    ranges = np.array([[0, 10], [16, 0], [20, 4], [2**40, 9]], dtype=np.uint64)
+    got = split_ranges(ranges, 4)
+    assert got.dtype == np.uint64
+    assert got.tolist() == [[0, 4], [4, 4], [8, 2], [20, 4], [2**40, 4], [2**40 + 4, 4],
+                            [2**40 + 8, 1]]  # fmt: skip
+    assert split_ranges(np.empty((0, 2), dtype=np.uint64), 4).shape == (0, 2)
+    with pytest.raises(ValueError, match="chunk"):
+        split_ranges(ranges, 0)
