@@ -8,7 +8,9 @@ objects, and vectorised batch reads and writes.
 
 Analysis lives in submodules: :mod:`npguest.scan` (``find``, ``find_many``, ``strings``...),
 :mod:`npguest.pages` (zero pages, hashes, entropy, ``diff``), :mod:`npguest.display`
-(``hexdump``, HTML reprs, plots), :mod:`npguest.walk`; :mod:`npguest.dask` scales scans out
+(``hexdump``, HTML reprs, plots), :mod:`npguest.records` (structured reads as pandas
+tables), :mod:`npguest.pointers` (pointer chains and linked lists, many at once),
+:mod:`npguest.walk`; :mod:`npguest.dask` scales scans out
 (``pip install npguest[dask]``; imported on demand).
 
 Importing npguest compiles nothing and does not import numba; kernels load on first use.
@@ -43,7 +45,7 @@ __version__ = "0.1.0"
 # Loaded on first use, so that ``import npguest`` costs only the memory core (the import
 # target is 1.5x ``import numpy``): the analysis submodules, and the names of the IOMMU,
 # page-table and dump layers.
-_SUBMODULES = frozenset({"display", "dumps", "pages", "scan", "walk"})
+_SUBMODULES = frozenset({"display", "dumps", "pages", "pointers", "records", "scan", "walk"})
 _LAZY = {
     **dict.fromkeys(
         ("Iommu", "IommuMemory", "Iotlb", "IotlbIommu", "IotlbLookup", "IovaRange",
@@ -115,6 +117,8 @@ __all__ = [
     "from_bytes",
     "open_dump",
     "pages",
+    "pointers",
+    "records",
     "scan",
     "walk",
     "write_dump",
