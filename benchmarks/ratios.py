@@ -2,7 +2,8 @@
 
 Usage: ``python benchmarks/ratios.py``.  Rows of the dirty-tracking issue start with
 ``3:``, those of the dumps issue with ``4:``, those of the IOMMU / page-table issue with
-``5:``, those of the analysis issue with ``7:``; the others are the core issue's.  Each
+``5:``, those of the transfer issue with ``6:``, those of the analysis issue with ``7:``;
+the others are the core issue's.  Each
 row times npguest and its baseline in this process, interleaved, best of many repeats
 (the same code as the asv suite's ``time_*`` and ``track_*_ratio`` benchmarks, which this
 reuses).  The table reports; it does not
@@ -37,6 +38,7 @@ from benchmarks import (
     bench_paging,
     bench_scalar,
     bench_scan,
+    bench_transfer,
 )
 
 # (benchmark class, pair name, label, largest passing ratio); rows run for every value
@@ -60,6 +62,11 @@ RATIO_ROWS = [
     (bench_dumps.DumpReads, "read_obj", "4: dump read_obj Le64 x10k/struct", 3.0),
     # issue 5: IOMMU
     (bench_iommu.Fragmented, "read_slice", "5: IommuMemory read 64 MiB/4 KiB pieces", 1 / 0.5),
+    # issue 6: bulk transfers against np.copyto (and a Python loop of it) in the same run
+    (bench_transfer.TransferCopy, "copy", "6: copy 1 GiB/copyto", 1 / 0.9),
+    (bench_transfer.TransferFile, "save", "6: save 1 GiB to page cache/copyto", 1 / 0.7),
+    (bench_transfer.TransferFile, "load", "6: load 1 GiB from page cache/copyto", 1 / 0.7),
+    (bench_transfer.TransferDirty, "round", "6: copy_dirty 1% of 1 GiB/copyto loop", 1 / 1.5),
     # issue 7: scans over a page-cached 1 GiB dump, against mmap.find over the same file
     (bench_scan.Scan, "find", "7: find 14 B literal 1 GiB/mmap.find", 1.0),
     (bench_scan.Scan, "find_many", "7: find_many 16 literals/mmap.find", 2.0),

@@ -11,7 +11,9 @@ Analysis lives in submodules: :mod:`npguest.scan` (``find``, ``find_many``, ``st
 (``hexdump``, HTML reprs, plots), :mod:`npguest.records` (structured reads as pandas
 tables), :mod:`npguest.pointers` (pointer chains and linked lists, many at once),
 :mod:`npguest.walk`; :mod:`npguest.dask` scales scans out
-(``pip install npguest[dask]``; imported on demand).
+(``pip install npguest[dask]``; imported on demand).  Bulk transfers: :mod:`npguest.transfer`
+(memory to memory, snapshot files and diffs), :mod:`npguest.channel` (memory over pipes and
+sockets) and :mod:`npguest.migration` (pre-copy live migration over a stream).
 
 Importing npguest compiles nothing and does not import numba; kernels load on first use.
 
@@ -45,7 +47,12 @@ __version__ = "0.1.0"
 # Loaded on first use, so that ``import npguest`` costs only the memory core (the import
 # target is 1.5x ``import numpy``): the analysis submodules, and the names of the IOMMU,
 # page-table and dump layers.
-_SUBMODULES = frozenset({"display", "dumps", "pages", "pointers", "records", "scan", "walk"})
+_SUBMODULES = frozenset(
+    {
+        "channel", "display", "dumps", "handover", "migration", "pages", "pointers", "progress",
+        "records", "scan", "transfer", "walk",
+    }
+)  # fmt: skip
 _LAZY = {
     **dict.fromkeys(
         ("Iommu", "IommuMemory", "Iotlb", "IotlbIommu", "IotlbLookup", "IovaRange",
@@ -112,14 +119,19 @@ __all__ = [
     "X86PageTables",
     "__version__",
     "as_bytes",
+    "channel",
     "display",
     "errors",
     "from_bytes",
+    "handover",
+    "migration",
     "open_dump",
     "pages",
     "pointers",
+    "progress",
     "records",
     "scan",
+    "transfer",
     "walk",
     "write_dump",
 ]

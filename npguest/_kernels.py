@@ -30,6 +30,7 @@ __all__ = [
     "bitmap_ranges_vector",
     "bitmap_set",
     "bitmap_take",
+    "copy_pairs",
     "copy_runs",
     "gather",
     "lane_take",
@@ -376,6 +377,20 @@ def copy_runs(base, hosts, lengths, to_memory):
                 at += m
         for k in range(g, e):
             done += lengths[k]
+
+
+@njit(cache=True, nogil=True)
+def copy_pairs(src, dst, lengths):
+    """``memcpy(dst[k], src[k], lengths[k])`` for each ``k``, in order.
+
+    ``src`` and ``dst`` are ``int64`` host addresses of runs already proven backed (and
+    ``dst`` writable); runs of up to 8 bytes take :func:`_copy`.
+    """
+    for k in range(src.shape[0]):
+        if lengths[k] <= 8:
+            _copy(src[k], dst[k], lengths[k])
+        else:
+            _memcpy(dst[k], src[k], lengths[k])
 
 
 @njit(cache=True, nogil=True)
@@ -1052,3 +1067,57 @@ def printable_runs(data, owned, width, min_len):
             n += 1
     return starts[:n], counts[:n]
 
+
+# -- XXH64 of byte blocks (migration checksums) ------------------------------------------
+# ``data`` is any C-contiguous uint8 array (no alignment: lanes are read with unaligned
+# loads at its host address); block ``b`` is ``data[b * block : (b + 1) * block]``, the last
+# one shorter, and ``out.shape[0]`` is ``max(1, ceil(len(data) / block))`` (proven by
+# migration.py), so an empty ``data`` gets the digest of no bytes.
+
+__all__ += ["xxh64_blocks"]
+
+
+@njit(inline="always")
+def _xxh64_at(at, n):
+    """Return XXH64 (seed 0) of the ``n`` bytes at host address ``at``."""
+    p = 0
+    if n >= 32:
+        v1 = _XXH_P1 + _XXH_P2
+        v2 = _XXH_P2
+        v3 = _U0
+        v4 = _U0 - _XXH_P1
+        while p <= n - 32:
+            v1 = _xxh_round(v1, _load64(at + p))
+            v2 = _xxh_round(v2, _load64(at + p + 8))
+            v3 = _xxh_round(v3, _load64(at + p + 16))
+            v4 = _xxh_round(v4, _load64(at + p + 24))
+            p += 32
+        h = _rotl64(v1, 1) + _rotl64(v2, 7) + _rotl64(v3, 12) + _rotl64(v4, 18)
+        h = _xxh_merge(_xxh_merge(_xxh_merge(_xxh_merge(h, v1), v2), v3), v4)
+    else:
+        h = _XXH_P5
+    h += np.uint64(n)
+    while p + 8 <= n:
+        h = _rotl64(h ^ _xxh_round(_U0, _load64(at + p)), 27) * _XXH_P1 + _XXH_P4
+        p += 8
+    if p + 4 <= n:
+        h = _rotl64(h ^ (np.uint64(_load32(at + p)) * _XXH_P1), 23) * _XXH_P2 + _XXH_P3
+        p += 4
+    while p < n:
+        h = _rotl64(h ^ (np.uint64(_load8(at + p)) * _XXH_P5), 11) * _XXH_P1
+        p += 1
+    h ^= h >> np.uint64(33)
+    h *= _XXH_P2
+    h ^= h >> np.uint64(29)
+    h *= _XXH_P3
+    return h ^ (h >> np.uint64(32))
+
+
+@njit(cache=True, nogil=True)
+def xxh64_blocks(data, block, out):
+    """Set ``out[b]`` to XXH64 (seed 0) of block ``b`` of ``data`` (``block`` bytes each)."""
+    n = data.shape[0]
+    at = np.int64(data.ctypes.data)
+    for b in range(out.shape[0]):
+        start = b * block
+        out[b] = _xxh64_at(at + start, min(block, n - start))
