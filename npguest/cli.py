@@ -15,6 +15,11 @@ Subcommands:
     Rewrite a dump in another format.
 ``diff A B``
     The pages that differ between two dumps (and those only one has).
+``send DUMP --to HOST:PORT`` / ``receive --listen HOST:PORT --out FILE``
+    Stream a dump's guest memory over TCP with the migration protocol of
+    :mod:`npguest.migration` (one stop-and-copy round: a dump does not change), and
+    receive it into a new dump (ELF by default, which keeps the region layout).  Both
+    print the throughput on stderr; ``receive`` first prints ``listening on HOST:PORT``.
 ``tour`` (alias ``demo``)
     Build a small guest memory with a file-backed region on generated sample data and
     walk through the API, printing each step and what it returned.
@@ -483,6 +488,63 @@ def _diff_command(args: argparse.Namespace) -> int:
     return DIFFERENT if any(counts) else 0
 
 
+def _address(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[v6addr]:PORT`` too; port 0 picks a free port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _rate(nbytes: int, seconds: float) -> str:
+    rate = nbytes / seconds / 2**20 if seconds > 0 else 0.0
+    return f"{nbytes:,} bytes in {seconds:.2f} s ({rate:,.1f} MiB/s)"
+
+
+def _send_command(args: argparse.Namespace) -> None:
+    import socket
+
+    from npguest.migration import send, xxh64
+
+    xxh64(b"")  # load the checksum kernel before the clock starts
+    mem = _open(args)
+    try:
+        with socket.create_connection(args.to, timeout=args.timeout) as sock:
+            stats = send(mem, sock, progress=True)
+    finally:
+        mem.close()
+    rounds = len(stats.rounds)
+    print(f"sent {_rate(stats.bytes, stats.seconds)}, {rounds} round{'s' * (rounds > 1)}",
+          file=sys.stderr)  # fmt: skip
+
+
+def _receive_command(args: argparse.Namespace) -> None:
+    import socket
+    import time
+
+    from npguest import write_dump
+    from npguest.migration import receive, xxh64
+
+    xxh64(b"")  # load the checksum kernel before the clock starts
+    with socket.create_server(args.listen) as server:
+        server.settimeout(args.timeout)
+        host, port = server.getsockname()[:2]
+        print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+        conn, peer = server.accept()
+    with conn:
+        conn.settimeout(args.timeout)
+        t0 = time.perf_counter()
+        mem = receive(conn, progress=True)
+        seconds = time.perf_counter() - t0
+    try:
+        nbytes = int((mem.ends - mem.starts).sum())
+        write_dump(mem, args.out, args.out_format)
+    finally:
+        mem.close()
+    print(f"received {_rate(nbytes, seconds)} from {peer[0]}:{peer[1]}; wrote {args.out} "
+          f"({args.out_format})", file=sys.stderr)  # fmt: skip
+
+
 def _tour_command(args: argparse.Namespace) -> None:
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
@@ -555,6 +617,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--page-size", type=_page_size, default=4096,
                    help="granularity: a power of two up to 2M (default 4096)")  # fmt: skip
     p.set_defaults(func=_diff_command)
+
+    p = sub.add_parser(
+        "send",
+        help="stream a dump's memory to `npguest receive` over TCP",
+        description="Connect to HOST:PORT and stream the dump's guest memory with the "
+        "migration protocol of npguest.migration (one stop-and-copy round, XXH64 checksums). "
+        "Prints the throughput on stderr.  Example, on loopback: "
+        "`npguest receive --listen 127.0.0.1:7777 --out copy.elf` in one shell, then "
+        "`npguest send sample.elf --to 127.0.0.1:7777`.",
+    )
+    _dump_arguments(p, "dump")
+    p.add_argument("--to", type=_address, required=True, metavar="HOST:PORT",
+                   help="where `npguest receive` listens")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds a connect or a blocked write may take (default 60)")  # fmt: skip
+    p.set_defaults(func=_send_command)
+
+    p = sub.add_parser(
+        "receive",
+        help="receive one `npguest send` stream over TCP into a dump file",
+        description="Listen on HOST:PORT (port 0: any free port; the address is printed "
+        "as `listening on HOST:PORT` on stderr), accept one connection, receive the "
+        "stream, verify every checksum and write the memory as a dump.  Prints the "
+        "throughput on stderr.",
+    )
+    p.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT",
+                   help="address to listen on, e.g. 127.0.0.1:7777")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="the dump file to write")
+    p.add_argument("--out-format", choices=WRITE_FORMATS, default="elf",
+                   help="format of --out (default elf: keeps the regions and holes)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for a sender and for each read (default 60)")  # fmt: skip
+    p.set_defaults(func=_receive_command)
 
     p = sub.add_parser(
         "tour",

@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import io
+import socket
 import subprocess
 import sys
 
@@ -255,3 +256,39 @@ def test_info_reports_excluded_ranges(tmp_path):
     meta = DumpMetadata("kdump", "x", excluded=np.array([[0x100, 0x200]], dtype=np.uint64))
     text = cli._info(DumpMemory(regions, meta), tmp_path / "x")
     assert "excluded  512 bytes in 1 ranges (holes)" in text
+
+
+@pytest.mark.timeout(120)
+def test_send_receive_on_loopback(tmp_path, capsys):
+    sample = tmp_path / "s.elf"
+    cli.sample_dump(sample)
+    out = tmp_path / "copy.elf"
+    args = ["receive", "--listen", "127.0.0.1:0", "--out", str(out), "--timeout", "60"]
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "npguest", *args], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        line = receiver.stderr.readline()
+        assert line.startswith("listening on 127.0.0.1:")
+        port = line.rsplit(":", 1)[1].strip()
+        assert cli.main(["send", str(sample), "--to", f"127.0.0.1:{port}"]) == 0
+        assert receiver.wait(60) == 0
+        assert "received 17,432,576 bytes" in receiver.stderr.read()
+    finally:
+        receiver.kill()
+        receiver.wait()
+        receiver.stderr.close()
+    assert "MiB/s), 1 round" in capsys.readouterr().err
+    assert cli.main(["diff", str(sample), str(out)]) == 0
+
+
+def test_send_errors_exit_1(tmp_path, capsys):
+    sample = tmp_path / "s.elf"
+    cli.sample_dump(sample)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # closed again: nobody listens there
+    assert cli.main(["send", str(sample), "--to", f"127.0.0.1:{port}", "--timeout", "5"]) == 1
+    assert capsys.readouterr().err.startswith("npguest: error:")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["send", str(sample), "--to", "nohostport"])
+    assert info.value.code == 2

@@ -1,0 +1,321 @@
+"""migration: the wire protocol, pre-copy under writers, faults, checksums, bad streams."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_channel import ShortWriter, tcp_pair
+
+from npguest import AtomicBitmap, GuestMemoryMmap
+from npguest import migration as mig
+from npguest.errors import BitmapError, DumpFormatError, StreamError
+
+pytestmark = pytest.mark.timeout(60)
+
+PAGE = 4096
+LAYOUT = [(0, 32 * PAGE), (32 * PAGE, 8 * PAGE + 100), (128 * PAGE, 16 * PAGE)]
+PAGES = [p for a, n in LAYOUT for p in range(a // PAGE, -(-(a + n) // PAGE))]
+
+
+def source(seed=0, bitmap=AtomicBitmap):
+    mem = GuestMemoryMmap.from_ranges(LAYOUT, bitmap=bitmap)
+    rng = np.random.default_rng(seed)
+    for start, size in LAYOUT:
+        mem.write_slice(rng.integers(0, 256, size, dtype=np.uint8), start)
+    return mem
+
+
+def image(mem):
+    return [mem.read_bytes(int(r.start_addr()), r.len()) for r in mem.iter()]
+
+
+def stream_of(mem, **kw):
+    sink = io.BytesIO()
+    stats = mig.send(mem, sink, **kw)
+    return sink.getvalue(), stats
+
+
+def threaded_receive(end, **kw):
+    got = {}
+
+    def run():
+        try:
+            got["mem"] = mig.receive(end, **kw)
+        except Exception as exc:  # handed to the test thread
+            got["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, got
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([8, 16, 64, 4096]))
+def test_xxh64_is_the_standard_one(data, block):
+    assert mig.xxh64(data) == xxhash.xxh64_intdigest(data)
+    sums = mig._blocks(np.frombuffer(data, dtype=np.uint8), block)
+    chunks = [data[i : i + block] for i in range(0, len(data), block)] or [b""]
+    assert sums.tolist() == [xxhash.xxh64_intdigest(c) for c in chunks]
+
+
+@pytest.mark.parametrize("kind", ["tcp", "pipe", "bytesio"])
+def test_round_trip(kind):
+    src = source(1)
+    if kind == "bytesio":
+        data, stats = stream_of(src)
+        dst = mig.receive(io.BytesIO(data))
+    else:
+        a, b = tcp_pair() if kind == "tcp" else os.pipe()[::-1]
+        t, got = threaded_receive(b)
+        stats = mig.send(src, a)
+        t.join(10)
+        for end in (a, b):
+            end.close() if kind == "tcp" else os.close(end)
+        dst = got["mem"]
+    assert [(int(r.start_addr()), r.len()) for r in dst.iter()] == LAYOUT
+    assert image(dst) == image(src)
+    assert stats.rounds[0].bytes == sum(n for _, n in LAYOUT) == stats.bytes
+    assert stats.rounds[0].pages == len(PAGES)
+    assert len(stats.rounds) == 2 and stats.rounds[1].bytes == 0  # nothing dirty after
+    assert stats.throughput > 0 and 0 <= stats.downtime <= stats.seconds
+
+
+def test_writer_thread_during_pre_copy_ends_identical():
+    src = GuestMemoryMmap.from_ranges([(0, 4 << 20), (4 << 20, 4 << 20)], bitmap=AtomicBitmap)
+    stop = threading.Event()
+    written = [0]
+
+    def writer():
+        rng = np.random.default_rng(5)
+        while not stop.is_set():
+            for addr in rng.integers(0, (8 << 20) - 64, 64).tolist():
+                src.write(rng.bytes(64), addr)
+            written[0] += 64
+
+    seen = []
+    t = threading.Thread(target=writer)
+    t.start()
+    a, b = tcp_pair()
+    rt, got = threaded_receive(b)
+    try:
+        stats = mig.send(
+            src, a, max_rounds=6, min_dirty=0, pause=lambda: (stop.set(), t.join()),
+            progress=seen.append,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        t.join()
+    rt.join(20)
+    a.close()
+    b.close()
+    assert "error" not in got, got.get("error")
+    assert written[0] > 0 and len(stats.rounds) >= 3
+    assert image(got["mem"]) == image(src)
+    assert [p.round for p in seen if p.done == 0][: len(stats.rounds)] == list(
+        range(1, len(stats.rounds) + 1)
+    )
+
+
+def test_untracked_memory_pauses_then_copies_once():
+    src = source(2, bitmap=None)
+    calls = []
+    data, stats = stream_of(src, pause=lambda: calls.append(1))
+    assert calls == [1] and len(stats.rounds) == 1
+    assert image(mig.receive(io.BytesIO(data))) == image(src)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dirty=st.sets(st.sampled_from(PAGES), min_size=1),
+    budget=st.integers(0, 60 * PAGE),
+    step=st.sampled_from([PAGE - 1, 5000, 1 << 20]),
+)
+def test_failed_stream_leaves_the_rest_dirty_and_resume_completes(dirty, budget, step):
+    src = source(3)
+    data, _ = stream_of(src)
+    dst = mig.receive(io.BytesIO(data))
+    rng = np.random.default_rng(len(dirty))
+    for p in sorted(dirty):
+        src.write(rng.bytes(16), p * PAGE)
+    sink = ShortWriter(step=step, budget=budget)
+    try:
+        mig.send(src, sink, resume=True)
+        failed = None
+    except StreamError as exc:
+        failed = exc
+    if failed is not None:
+        # the failed range is named and is dirty again, from its first byte not handed over
+        left = {int(a) // PAGE for a in src.dirty_pages()}
+        assert left <= dirty
+        if failed.addr is not None:  # (None: the header or an end record failed)
+            assert (failed.addr + failed.length - 1) // PAGE in left  # never all through
+        with pytest.raises(StreamError):  # the destination saw a truncated stream
+            mig.receive(io.BytesIO(bytes(sink.data)), mem=dst)
+        data, stats = stream_of(src, resume=True)  # exactly what is missing
+        assert stats.rounds[0].pages == len(left)
+    else:
+        data = bytes(sink.data)
+    mig.receive(io.BytesIO(data), mem=dst)
+    assert image(dst) == image(src)
+
+
+def test_socket_closed_at_a_random_point_then_fresh_retry():
+    src = GuestMemoryMmap.from_ranges([(0, 8 << 20), (8 << 20, 8 << 20)], bitmap=AtomicBitmap)
+    src.write_slice(np.random.default_rng(6).integers(0, 256, 16 << 20, dtype=np.uint8), 0)
+    cut = int(np.random.default_rng().integers(1, 12 << 20))
+    a, b = tcp_pair()
+
+    def reader():
+        left = cut
+        while left > 0:
+            left -= len(b.recv(min(1 << 16, left)))
+        b.close()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    with pytest.raises(StreamError) as info:
+        mig.send(src, a)
+    t.join(10)
+    a.close()
+    err = info.value
+    assert err.addr is not None and src.check_range(err.addr, err.length)
+    # the failed record and everything after it in the round are dirty again
+    assert src.dirty_ranges()[0, 0] <= err.addr + err.length
+    a, b = tcp_pair()
+    rt, got = threaded_receive(b)
+    mig.send(src, a)
+    rt.join(20)
+    a.close()
+    b.close()
+    assert image(got["mem"]) == image(src)
+
+
+def flip(data, offset):
+    out = bytearray(data)
+    out[offset] ^= 0x40
+    return bytes(out)
+
+
+def records(data):
+    """Yield ``(offset, kind, fields)`` of every record of a stream."""
+    n = struct.unpack_from("<I", data, 16)[0]
+    at = 32 + 16 * n + 8
+    while at < len(data):
+        kind, rnd, a, b, c = struct.unpack_from("<IIQQQ", data, at)
+        yield at, kind, (rnd, a, b, c)
+        at += 32 + (8 * -(-b // PAGE) + b if kind == mig.DATA else 0)
+
+
+def test_corruption_is_always_an_error():
+    src = source(4)
+    data, _ = stream_of(src)
+    recs = list(records(data))
+    at, _, (_, _, length, _) = next(r for r in recs if r[1] == mig.DATA)
+    payload = at + 32 + 8 * -(-length // PAGE)
+    cases = {
+        payload + 5000: "block checksum",  # a payload byte
+        at + 33: "round digest",  # a block checksum: the round's digest covers them
+        next(r[0] for r in recs if r[1] == mig.END_ROUND) + 24: "round digest",
+        next(r[0] for r in recs if r[1] == mig.END_ROUND) + 8: "record count",
+        next(r[0] for r in recs if r[1] == mig.END_STREAM) + 8: "end record",
+        recs[0][0]: "record kind",
+        at + 4: "record kind",  # the DATA record's round
+    }
+    for offset, field in cases.items():
+        with pytest.raises(DumpFormatError) as info:
+            mig.receive(io.BytesIO(flip(data, offset)))
+        assert info.value.field == field, (offset, info.value)
+    with pytest.raises(DumpFormatError, match="record range") as info:
+        mig.receive(io.BytesIO(flip(data, at + 15)))  # a gpa far outside the layout
+    assert info.value.offset == at
+
+
+def header(page=PAGE, layout=((0, PAGE),), version=1, algo=1, magic=mig.MAGIC, total=None):
+    body = struct.pack("<8sHHIIIQ", magic, version, algo, page, len(layout), 0,
+                       sum(n for _, n in layout) if total is None else total)  # fmt: skip
+    body += b"".join(struct.pack("<QQ", a, n) for a, n in layout)
+    return body + struct.pack("<Q", mig.xxh64(body))
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (header(magic=b"NOTMIGR!"), "magic"),
+        (header(version=2), "version"),
+        (header(algo=7), "checksum algorithm"),
+        (header(page=1000), "page size"),
+        (header(layout=()), "region count"),
+        (header(layout=((0, PAGE), (100, PAGE))), "region 1"),
+        (header(layout=((0, 0),)), "region 0"),
+        (header(layout=((2**64 - PAGE, 2 * PAGE),)), "region 0"),
+        (header(total=5), "total size"),
+        (flip(header(), 36), "header digest"),
+    ],
+)
+def test_bad_headers(data, field):
+    with pytest.raises(DumpFormatError) as info:
+        mig.receive(io.BytesIO(data + bytes(64)))
+    assert info.value.field == field and "<migration stream>" in str(info.value)
+
+
+def test_truncated_streams_and_layout_mismatch():
+    src = source(5)
+    data, _ = stream_of(src)
+    recs = list(records(data))
+    data_at = next(r[0] for r in recs if r[1] == mig.DATA)
+    for cut in (
+        0,
+        20,
+        40,
+        recs[0][0] + 10,
+        data_at + 40,
+        data_at + 32 + 8 * 8 + 100,
+        len(data) - 1,
+    ):
+        with pytest.raises(StreamError) as info:
+            mig.receive(io.BytesIO(data[:cut]))
+        assert "ended" in str(info.value)
+    with pytest.raises(StreamError) as info:  # inside a payload: the record's range is named
+        mig.receive(io.BytesIO(data[: data_at + 32 + 8 * 32 + 100]))
+    assert info.value.addr == 0 and info.value.length == 32 * PAGE
+    other = GuestMemoryMmap.from_ranges([(0, 32 * PAGE)])
+    with pytest.raises(DumpFormatError, match="region table") as info:
+        mig.receive(io.BytesIO(data), mem=other)
+    assert "0x80000+65536" in str(info.value)
+
+
+def test_bad_arguments():
+    src = source(6)
+    for kw, exc in [({"max_rounds": 0}, ValueError), ({"min_dirty": -1}, ValueError)]:
+        with pytest.raises(exc):
+            mig.send(src, io.BytesIO(), **kw)
+    with pytest.raises(BitmapError, match="resume"):
+        mig.send(source(bitmap=None), io.BytesIO(), resume=True)
+    first = next(source().iter())
+    mixed = GuestMemoryMmap.from_regions(
+        [first, *GuestMemoryMmap.from_ranges([(1 << 20, PAGE)]).iter()]
+    )
+    with pytest.raises(BitmapError, match="not dirty-tracked"):
+        mig.send(mixed, io.BytesIO())
+    other = GuestMemoryMmap.from_ranges([(1 << 20, PAGE)], bitmap=AtomicBitmap, page_size=8192)
+    sizes = GuestMemoryMmap.from_regions([first, *other.iter()])
+    with pytest.raises(BitmapError, match="page"):
+        mig.send(sizes, io.BytesIO())
+
+
+def test_socket_timeout_on_a_silent_sender():
+    a, b = socket.socketpair()
+    b.settimeout(0.2)
+    with pytest.raises(StreamError, match="timed out"):
+        mig.receive(b)
+    a.close()
+    b.close()
