@@ -39,6 +39,7 @@ b'across the boundary'
 from __future__ import annotations
 
 import os
+import select
 import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -146,10 +147,24 @@ def _payload(piece: Piece, sink: Any) -> memoryview | FileSpan:
 
 
 def _sendfile(sink: socket.socket, span: FileSpan) -> int:
+    """Send a file span with :func:`os.sendfile`, honouring the socket's timeout.
+
+    A socket with a timeout is non-blocking underneath: where ``sendfile`` would block it
+    fails with ``EAGAIN``, and this waits (up to the timeout) for room, as ``socket.sendall``
+    does.
+    """
+    timeout = sink.gettimeout()
+    poller = select.poll()
+    poller.register(sink, select.POLLOUT)
     sent = 0
     while sent < span.n:
         try:
             n = os.sendfile(sink.fileno(), span.fd, span.offset + sent, span.n - sent)
+        except BlockingIOError as exc:
+            wait = -1 if timeout is None else int(timeout * 1000)
+            if timeout == 0.0 or not poller.poll(wait):
+                raise StreamError(f"sendfile timed out after {timeout} s", sent) from exc
+            continue
         except OSError as exc:
             raise StreamError(f"sendfile failed: {exc}", sent) from exc
         if n == 0:

@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -147,6 +148,31 @@ def test_file_backed_region_goes_by_sendfile(tmp_path, monkeypatch):
     calls.clear()
     assert ch.send_ranges(mem, [(2 * PAGE, PAGE)], sink := io.BytesIO()) == PAGE
     assert sink.getvalue() == mem.read_bytes(2 * PAGE, PAGE) and not calls
+
+
+def test_sendfile_waits_for_a_slow_reader_and_times_out(tmp_path):
+    """A socket with a timeout is non-blocking underneath: sendfile's EAGAIN means wait."""
+    size = 8 << 20  # far more than the socket buffers take
+    path = tmp_path / "backing"
+    path.write_bytes(os.urandom(size))
+    with open(path, "r+b") as f:
+        mem = GuestMemoryMmap.from_ranges_with_files([(0, size, FileOffset(f, 0))])
+        a, b = tcp_pair(timeout=10.0)
+        out = bytearray()
+        t = threading.Thread(target=lambda: (time.sleep(0.2), drain(b, out)))
+        t.start()
+        assert ch.send_ranges(mem, [(0, size)], a) == size
+        a.close()
+        t.join(10)
+        b.close()
+        assert bytes(out) == path.read_bytes()
+        a, b = tcp_pair(timeout=0.2)  # nobody reads: the timeout ends it
+        with pytest.raises(StreamError, match="timed out") as info:
+            ch.send_ranges(mem, [(0, size)], a)
+        assert 0 < info.value.completed < size
+        a.close()
+        b.close()
+        mem.close()
 
 
 class ShortWriter(io.RawIOBase):
