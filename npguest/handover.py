@@ -30,15 +30,16 @@ stream error after 4096 bytes in guest range 0x3000+4096: connection reset
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .errors import StreamError
+from .errors import GuestMemoryError, StreamError
 from .progress import Tracker
 
-__all__ = ["hand_over", "split_ranges"]
+__all__ = ["Taken", "hand_over", "split_ranges"]
 
 
 def split_ranges(ranges: np.ndarray, chunk: int) -> np.ndarray:
@@ -78,6 +79,13 @@ def split_ranges(ranges: np.ndarray, chunk: int) -> np.ndarray:
     return np.stack([starts, lengths], axis=1).astype(np.uint64).reshape(-1, 2)
 
 
+def _remark(mem: Any, ranges: Any) -> None:
+    """Mark guest ranges dirty again, each as far as it is still backed."""
+    for addr, length in np.asarray(ranges, dtype=np.uint64).reshape(-1, 2).tolist():
+        with contextlib.suppress(GuestMemoryError):  # a hole cuts it: its backed part is marked
+            mem.mark_dirty(addr, length)
+
+
 def hand_over(
     mem: Any,
     ranges: np.ndarray,
@@ -108,25 +116,93 @@ def hand_over(
     Raises
     ------
     StreamError
-        ``send`` raised: the failed range (from its first byte not handed over) and every
-        later range are dirty again; the error names the range, ``completed`` counts the
-        bytes handed over before it, and ``__cause__`` is ``send``'s exception.
+        ``send`` (or the tracker's callback) raised: the failed range (from its first
+        byte not handed over) and every later range are dirty again; the error names the
+        range, ``completed`` counts the bytes handed over before it, and ``__cause__`` is
+        the original exception.  A ``BaseException`` that is not an ``Exception``
+        (``KeyboardInterrupt``...) re-marks the same ranges and propagates unchanged.
     """
     ranges = np.asarray(ranges, dtype=np.uint64).reshape(-1, 2)
     done = 0
     for i, (addr, length) in enumerate(ranges.tolist()):
+        through = 0
         try:
-            send(addr, length)
-        except Exception as exc:
-            through = getattr(exc, "completed", 0)
-            through = through if isinstance(through, int) and 0 <= through <= length else 0
+            try:
+                send(addr, length)
+            except BaseException as exc:
+                through = getattr(exc, "completed", 0)
+                through = through if isinstance(through, int) and 0 <= through <= length else 0
+                raise
+            through = length
+            if tracker is not None:
+                tracker.advance(length)
+        except BaseException as exc:
             if through < length:
-                mem.mark_dirty(addr + through, length - through)
-            for later, n in ranges[i + 1 :].tolist():
-                mem.mark_dirty(later, n)
+                _remark(mem, [(addr + through, length - through)])
+            _remark(mem, ranges[i + 1 :])
+            if not isinstance(exc, Exception):
+                raise
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
             raise StreamError(reason, done + through, addr, length) from exc
         done += length
-        if tracker is not None:
-            tracker.advance(length)
     return done
+
+
+class Taken:
+    """Dirty ranges taken from a memory's bitmaps, held until :meth:`hand_over` takes charge.
+
+    A context manager for the work between taking the ranges and handing them over
+    (planning, opening files, progress callbacks): if it raises, every taken range is
+    marked dirty again.  Once :meth:`hand_over` runs, it alone re-marks what did not get
+    through.
+
+    Parameters
+    ----------
+    mem : GuestMemoryMmap
+        The memory the ranges were taken from.
+    ranges : numpy.ndarray
+        ``(n, 2)`` guest ranges (e.g. ``mem.get_and_reset_dirty()``).
+
+    Examples
+    --------
+    >>> from npguest import AtomicBitmap, GuestMemoryMmap
+    >>> mem = GuestMemoryMmap.from_ranges([(0, 0x2000)], bitmap=AtomicBitmap)
+    >>> _ = mem.write(b"x", 0x1000)
+    >>> try:
+    ...     with Taken(mem, mem.get_and_reset_dirty()) as taken:
+    ...         raise RuntimeError("the destination cannot be opened")
+    ... except RuntimeError:
+    ...     pass
+    >>> mem.dirty_ranges().tolist()
+    [[4096, 4096]]
+    """
+
+    def __init__(self, mem: Any, ranges: np.ndarray) -> None:
+        self.mem = mem
+        self.ranges = np.asarray(ranges, dtype=np.uint64).reshape(-1, 2)
+        self._handed = False
+
+    def __enter__(self) -> Taken:
+        return self
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if kind is not None and not self._handed:
+            _remark(self.mem, self.ranges)
+
+    def hand_over(self, send: Callable[[int, int], Any], tracker: Tracker | None = None) -> int:
+        """Hand the ranges over with :func:`hand_over` (which re-marks what fails).
+
+        Parameters
+        ----------
+        send : callable
+            As :func:`hand_over`'s.
+        tracker : Tracker, optional
+            As :func:`hand_over`'s.
+
+        Returns
+        -------
+        int
+            Bytes handed over.
+        """
+        self._handed = True
+        return hand_over(self.mem, self.ranges, send, tracker)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from npguest import AtomicBitmap, GuestMemoryMmap
 from npguest.errors import PartialBufferError, StreamError
-from npguest.handover import hand_over, split_ranges
+from npguest.handover import Taken, hand_over, split_ranges
 from npguest.progress import Tracker
 
 PAGE = 4096
@@ -74,3 +74,57 @@ def test_split_ranges():
     assert split_ranges(np.empty((0, 2), dtype=np.uint64), 4).shape == (0, 2)
     with pytest.raises(ValueError, match="chunk"):
         split_ranges(ranges, 0)
+
+
+def _taken(pages):
+    mem = GuestMemoryMmap.from_ranges(LAYOUT, bitmap=AtomicBitmap)
+    for p in pages:
+        mem.write(b"x", p * PAGE)
+    return mem, mem.get_and_reset_dirty()
+
+
+def test_interrupts_and_failing_callbacks_lose_nothing():
+    mem, ranges = _taken([1, 3, 5])
+    sent = []
+
+    def interrupted(addr, length):
+        if addr == 3 * PAGE:
+            raise KeyboardInterrupt
+        sent.append(addr)
+
+    with pytest.raises(KeyboardInterrupt):
+        hand_over(mem, ranges, interrupted)
+    assert sent == [PAGE] and pages_of(mem.dirty_ranges().tolist()) == {3, 5}
+
+    mem, ranges = _taken([1, 3, 5])
+
+    def callback(progress):
+        if progress.done:
+            raise ValueError("the progress bar broke")
+
+    with pytest.raises(StreamError, match="progress bar broke") as info:
+        hand_over(mem, ranges, lambda a, n: None, Tracker(callback))
+    assert (info.value.addr, info.value.completed) == (PAGE, PAGE)
+    assert pages_of(mem.dirty_ranges().tolist()) == {3, 5}  # range 1 did get through
+
+
+def test_taken_remarks_everything_until_handed_over():
+    mem, ranges = _taken([1, 9, 33])
+    with pytest.raises(OSError, match="no such file"), Taken(mem, ranges):
+        raise OSError("no such file")
+    assert pages_of(mem.dirty_ranges().tolist()) == {1, 9, 33}
+    ranges = mem.get_and_reset_dirty()
+    with pytest.raises(StreamError), Taken(mem, ranges) as taken:
+        taken.hand_over(lambda a, n: (_ for _ in ()).throw(OSError("reset")) if a > PAGE else None)
+    assert pages_of(mem.dirty_ranges().tolist()) == {9, 33}  # page 1 went: not re-marked
+    with Taken(mem, mem.get_and_reset_dirty()) as taken:
+        assert taken.hand_over(lambda a, n: None) == 2 * PAGE
+    assert mem.dirty_ranges().shape == (0, 2)
+
+
+def test_remarking_survives_a_shrunk_memory():
+    _, ranges = _taken([1, 33])
+    smaller = GuestMemoryMmap.from_ranges(LAYOUT[:2], bitmap=AtomicBitmap)  # no region at 32
+    with pytest.raises(StreamError):
+        hand_over(smaller, ranges, lambda a, n: (_ for _ in ()).throw(OSError("gone")))
+    assert pages_of(smaller.dirty_ranges().tolist()) == {1}
