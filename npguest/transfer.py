@@ -14,11 +14,16 @@ ranges written: a NumPy ``.npy`` array of shape ``(n, 3)``, dtype ``<u8``, one r
 apply diffs onto a base file in creation order, from the index when there is one, else from
 the file's data extents (``SEEK_DATA`` / ``SEEK_HOLE``, as Firecracker's ``rebase-snap``).
 
-Dirty-driven transfers (:func:`save_diff`, :func:`copy_dirty`) take the dirty ranges first
-(atomically), then move them with :func:`npguest.handover.hand_over`: when a range fails
-(a short write, ``ENOSPC``, a hole in the destination), it and every later range are dirty
-again and a :class:`~npguest.errors.StreamError` names it, so a retry sends exactly what is
-missing.
+Dirty-driven transfers (:func:`save_diff`, :func:`copy_dirty`) need every region to track
+dirty pages.  They take the dirty ranges (atomically) into a :class:`npguest.handover.Taken`,
+then move them with its ``hand_over``: anything failing before that (a progress callback,
+planning) marks every taken range dirty again; when a range fails (a short write,
+``ENOSPC``, a hole in the destination), it and every later range are dirty again and a
+:class:`~npguest.errors.StreamError` names it, so a retry sends exactly what is missing.
+
+Memory -> memory copies take each memory's region table once and pin its mappings before
+planning, so a concurrent ``close()`` is refused (or, if it came first, the copy fails with
+an npguest error) instead of unmapping memory under a running kernel.
 
 Examples
 --------
@@ -46,15 +51,19 @@ import errno
 import io
 import itertools
 import os
+import stat
+import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from ._checks import open_regions
 from .access import Bytes
 from .bitmap import mark_many
 from .errors import (
+    BitmapError,
     DumpFormatError,
     GuestAddressOverflowError,
     InvalidGuestAddressError,
@@ -62,9 +71,12 @@ from .errors import (
     StreamError,
 )
 from .guest_memory import GuestMemoryMmap
-from .handover import hand_over
+from .handover import Taken, _remark
 from .progress import ProgressCallback, Tracker
 from .walk import backed_runs
+
+if TYPE_CHECKING:
+    from .region import RegionTable
 
 __all__ = [
     "INDEX_SUFFIX",
@@ -106,6 +118,22 @@ def _check_memory(mem: Any, name: str) -> GuestMemoryMmap:
     if not isinstance(mem, GuestMemoryMmap):
         raise TypeError(f"{name} must be a GuestMemoryMmap, not {type(mem).__name__}")
     return mem
+
+
+def _check_tracked(mem: GuestMemoryMmap, name: str) -> None:
+    """Refuse, before any bit is taken, a memory whose bitmaps cannot drive a dirty round.
+
+    Every region must track dirty pages (as :func:`npguest.migration.send` requires): an
+    untracked region would silently be left out of every diff.  A bitmap that cannot be
+    taken raises ``TypeError`` (from :meth:`GuestMemoryMmap._tracked`).
+    """
+    tracked = len(mem._tracked("get_and_reset_ranges"))
+    total = mem.num_regions()
+    if tracked != total:
+        what = "has no dirty tracking" if not tracked else (
+            f"tracks dirty pages in only {tracked} of its {total} regions"
+        )  # fmt: skip
+        raise BitmapError("bitmap", tracked, f"{name} {what}: map it with bitmap=AtomicBitmap")
 
 
 # -- layout ------------------------------------------------------------------------------
@@ -203,15 +231,15 @@ class _Side(NamedTuple):
     offset: np.ndarray  # int64 region offsets
 
 
-def _side(mem: GuestMemoryMmap, starts: np.ndarray) -> _Side:
-    t = mem._table
+def _side(t: RegionTable, starts: np.ndarray) -> _Side:
     i = np.searchsorted(t.starts, starts, side="right").astype(np.int64) - 1
     ok = i >= 0
     ok[ok] = starts[ok] < t.ends[i[ok]]
     i[~ok] = -1
     offset = np.zeros(starts.shape[0], dtype=np.int64)
     offset[ok] = (starts[ok] - t.starts[i[ok]]).astype(np.int64)
-    host = np.where(ok, t.hosts[np.maximum(i, 0)] + offset, 0)
+    host = np.zeros(starts.shape[0], dtype=np.int64)  # (an empty table has no hosts[0])
+    host[ok] = t.hosts[i[ok]] + offset[ok]
     return _Side(i, host, offset)
 
 
@@ -226,8 +254,12 @@ class _Plan(NamedTuple):
     error: Exception | None
 
 
-def _plan(src: GuestMemoryMmap, dst: GuestMemoryMmap, ranges: np.ndarray) -> _Plan:
-    """Cut ``ranges`` at every region boundary of both memories and translate the pieces."""
+def _plan(src: RegionTable, dst: RegionTable, ranges: np.ndarray) -> _Plan:
+    """Cut ``ranges`` at every region boundary of both tables and translate the pieces.
+
+    The tables must be pinned (:func:`~npguest._checks.open_regions`) before this is
+    called: the host addresses of the plan are only valid while their regions are mapped.
+    """
     cuts = np.unique(np.concatenate([src.starts, src.ends, dst.starts, dst.ends]))
     cuts_x = np.append(cuts, _U64(0))  # a valid index past the end
     s = ranges[:, 0]
@@ -240,7 +272,7 @@ def _plan(src: GuestMemoryMmap, dst: GuestMemoryMmap, ranges: np.ndarray) -> _Pl
     starts = np.where(j == 0, s[owner], cuts_x[at - 1])
     ends = np.where(j == inner[owner], e[owner], cuts_x[at])
     a, b = _side(src, starts), _side(dst, starts)
-    readonly = np.array([r.is_readonly() for r in dst.iter()] + [False], dtype=bool)
+    readonly = np.array([r.is_readonly() for r in dst.regions] + [False], dtype=bool)
     faults = (a.region < 0) | (b.region < 0) | readonly[b.region]
     bad, error = ranges.shape[0], None
     if faults.any():
@@ -291,9 +323,9 @@ def _run(tasks: list[tuple[Any, ...]], threads: int, tracker: Tracker) -> int:
     return done
 
 
-def _mark_destination(dst: GuestMemoryMmap, plan: _Plan, count: int) -> None:
+def _mark_destination(dst: RegionTable, plan: _Plan, count: int) -> None:
     """Mark the first ``count`` pieces' bytes dirty in the destination's bitmaps."""
-    regions = dst._table.regions
+    regions = dst.regions
     where = plan.dst.region[:count]
     for i in np.unique(where).tolist():
         bitmap = regions[i]._bitmap
@@ -302,24 +334,32 @@ def _mark_destination(dst: GuestMemoryMmap, plan: _Plan, count: int) -> None:
             mark_many(bitmap, plan.dst.offset[:count][sel], plan.lengths[:count][sel])
 
 
-def _execute(
-    src: GuestMemoryMmap,
-    dst: GuestMemoryMmap,
-    plan: _Plan,
-    count: int,
-    threads: int,
-    tracker: Tracker,
-) -> int:
-    """Copy the first ``count`` pieces of ``plan`` (all proven backed and writable)."""
-    from ._checks import open_regions
+def _execute(dst: RegionTable, plan: _Plan, count: int, threads: int, tracker: Tracker) -> int:
+    """Copy the first ``count`` pieces of ``plan`` (all proven backed and writable).
 
-    pins = open_regions(src._table), open_regions(dst._table)  # held while kernels run
+    The caller holds the pins of both tables the plan was made from.
+    """
     chunk = CHUNK if threads > 1 else SOLO_CHUNK
     tasks = _tasks(plan.src.host[:count], plan.dst.host[:count], plan.lengths[:count], chunk)
     done = _run(tasks, threads, tracker)
     _mark_destination(dst, plan, count)
-    del pins
     return done
+
+
+def _pinned(src: GuestMemoryMmap, dst: GuestMemoryMmap) -> tuple[Any, Any, Any]:
+    """Take each memory's region table once and pin it: ``(src_table, dst_table, pins)``.
+
+    Planning and copying both use these tables, so a concurrent ``close()`` either happens
+    first (the tables are empty, or pinning fails with
+    :class:`~npguest.errors.MmapRegionError`) or is refused while the pins are held.
+    """
+    ts, td = src._table, dst._table
+    pins = open_regions(ts)
+    try:
+        return ts, td, (pins, open_regions(td))
+    except BaseException:
+        del pins  # not kept alive by the traceback
+        raise
 
 
 def copy(
@@ -359,6 +399,9 @@ def copy(
         a note says which memory).  Nothing is copied.
     ReadOnlyMemoryError
         Some byte of ``ranges`` lies in a read-only region of ``dst``.  Nothing is copied.
+    MmapRegionError
+        A memory was closed while the copy began (a ``close()`` racing with a running copy
+        is refused instead).
     GuestAddressOverflowError
         A range passes ``2**64 - 1`` or has a negative field.
     TypeError
@@ -386,16 +429,21 @@ def copy(
     _check_memory(dst, "dst")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, not {threads!r}")
-    if ranges is None:
-        ranges = _to_ranges(_intersect(_runs(src), _runs(dst)))
-    ranges = _as_ranges(ranges)
-    plan = _plan(src, dst, ranges)
-    if plan.error is not None:
-        raise plan.error
+    if ranges is not None:
+        ranges = _as_ranges(ranges)
     tracker = Tracker(progress, "copy")
     try:
-        tracker.start(int(plan.lengths.sum()))
-        return _execute(src, dst, plan, plan.lengths.shape[0], threads, tracker)
+        ts, td, pins = _pinned(src, dst)  # held until the kernels are done
+        try:
+            if ranges is None:
+                ranges = _to_ranges(_intersect(_runs(src), _runs(dst)))
+            plan = _plan(ts, td, ranges)
+            if plan.error is not None:
+                raise plan.error
+            tracker.start(int(plan.lengths.sum()))
+            return _execute(td, plan, plan.lengths.shape[0], threads, tracker)
+        finally:
+            del pins  # before an error leaves: whoever keeps it must not keep the pins
     finally:
         tracker.close()
 
@@ -415,11 +463,14 @@ def copy_dirty(
     If ``dst`` cannot take a range (a hole, a read-only region), the ranges before it are
     copied, it and every later range are dirty again in ``src``, and a
     :class:`~npguest.errors.StreamError` names it: a retry copies exactly what is missing.
+    Any other failure after the ranges are taken (a raising progress callback, an
+    interrupt) marks every taken range dirty again.
 
     Parameters
     ----------
     src : GuestMemoryMmap
-        The memory whose dirty bitmaps drive the round.
+        The memory whose dirty bitmaps drive the round (every region tracked, e.g.
+        ``bitmap=AtomicBitmap``).
     dst : GuestMemoryMmap
         The destination (any layout backing the dirty ranges).
     progress : callable or bool, optional
@@ -436,6 +487,10 @@ def copy_dirty(
         ``dst`` cannot take a range (``__cause__`` is the
         :class:`~npguest.errors.InvalidGuestAddressError` or
         :class:`~npguest.errors.ReadOnlyMemoryError`).
+    BitmapError
+        Some region of ``src`` (or all) has no dirty tracking; nothing is taken.
+    MmapRegionError
+        A memory was closed while the round began; nothing is lost.
     TypeError
         A memory is not a guest memory, or ``src`` has a bitmap that cannot be taken.
 
@@ -450,23 +505,31 @@ def copy_dirty(
     """
     _check_memory(src, "src")
     _check_memory(dst, "dst")
-    ranges = src.get_and_reset_dirty()
+    _check_tracked(src, "src")
     tracker = Tracker(progress, "copy_dirty")
     try:
-        tracker.start(int(ranges[:, 1].sum()), dirty_pages=_pages(ranges))
-        plan = _plan(src, dst, ranges)
-        count = int(np.searchsorted(plan.owner, plan.bad))  # pieces of the good ranges
-        done = _execute(src, dst, plan, count, 1, tracker)
-        if plan.error is not None:
-            error = plan.error
+        ts, td, pins = _pinned(src, dst)  # held until the kernels are done
+        try:
+            # from here until hand_over, a failure marks every taken range dirty again
+            with Taken(src, src.get_and_reset_dirty()) as taken:
+                ranges = taken.ranges
+                tracker.start(int(ranges[:, 1].sum()), dirty_pages=_pages(ranges))
+                plan = _plan(ts, td, ranges)
+                count = int(np.searchsorted(plan.owner, plan.bad))  # pieces of good ranges
+                done = _execute(td, plan, count, 1, tracker)
+                error = plan.error
+                stop = int(ranges[plan.bad, 0]) if error is not None else None
 
-            def refuse(addr: int, length: int) -> None:
-                raise error
+                def send(addr: int, length: int) -> None:
+                    if addr == stop:  # those before it are copied; it and later: dirty again
+                        raise error
 
-            try:
-                hand_over(src, ranges[plan.bad :], refuse)
-            except StreamError as exc:
-                raise StreamError(exc.reason, done, exc.addr, exc.length) from error
+                try:
+                    taken.hand_over(send)
+                except StreamError as exc:
+                    raise StreamError(exc.reason, done, exc.addr, exc.length) from error
+        finally:
+            del pins  # before an error leaves: whoever keeps it must not keep the pins
     finally:
         tracker.close()
     return ranges
@@ -575,6 +638,31 @@ def _size_file(fd: int, size: int, fresh: bool) -> None:
         raise StreamError(f"cannot size the file to {size} bytes: {exc}") from exc
 
 
+def _refuse_backing_file(mem: GuestMemoryMmap, fd: int, name: str) -> None:
+    """Refuse to size or write a snapshot into a file that backs one of ``mem``'s regions.
+
+    Truncating it would pull the pages out from under the mapping (``SIGBUS`` on the next
+    access); writing it would overwrite the memory being saved.
+    """
+    try:
+        target = os.fstat(fd)
+    except OSError:
+        return  # sizing the file reports it
+    for region in mem._table.regions:
+        backing = region.file_offset()
+        if backing is None:
+            continue
+        try:
+            st = os.fstat(backing.fileno())
+        except (OSError, ValueError):  # a closed region: nothing is mapped from it
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            raise StreamError(
+                f"{name} backs the guest region at {region.start_addr().raw_value():#x}: "
+                "a snapshot cannot be written into the file it is taken from"
+            )
+
+
 def _data_ranges(mem: GuestMemoryMmap) -> np.ndarray:
     """Backed guest ranges less the all-zero pages (what a sparse snapshot writes)."""
     from .pages import page_map
@@ -621,7 +709,8 @@ def save(mem: GuestMemoryMmap, file: File, *, sparse: bool = False,
     ------
     StreamError
         The file cannot be opened, sized or written (names the guest range; ``completed``
-        counts the bytes written before).
+        counts the bytes written before), or it backs one of ``mem``'s regions (refused
+        before it is touched: truncating it would pull pages from under the mapping).
     TypeError
         ``file`` has no file descriptor, or ``mem`` is not a guest memory.
 
@@ -636,7 +725,8 @@ def save(mem: GuestMemoryMmap, file: File, *, sparse: bool = False,
     (4096, 32768)
     """
     lay = layout(mem)
-    with _opened(file, write=True) as (fd, _):
+    with _opened(file, write=True) as (fd, name):
+        _refuse_backing_file(mem, fd, name)
         _size_file(fd, int(lay[:, 1].sum()), fresh=sparse)
         ranges = _data_ranges(mem) if sparse else lay[:, :2]
         tracker = Tracker(progress, "save")
@@ -714,22 +804,51 @@ def load(mem: GuestMemoryMmap, file: File, *, progress: Progress = None) -> int:
 
 
 # -- diffs -------------------------------------------------------------------------------
+def _default_index(file: File, name: str) -> str | None:
+    """``<file>.index`` when ``file`` is known by a path (a path, or a named file object)."""
+    if isinstance(file, str | os.PathLike) or os.path.exists(name):
+        return name + INDEX_SUFFIX
+    return None
+
+
 def _index_path(file: File, name: str, index: Any) -> str | None:
     if index is False:
         return None
     if index is True:
-        if isinstance(file, str | os.PathLike) or os.path.exists(name):
-            return name + INDEX_SUFFIX
+        default = _default_index(file, name)
+        if default is not None:
+            return default
         raise TypeError(f"no path is known for {name}: pass index=<path> or index=False")
     return os.fspath(index)
 
 
-def _write_index(path: str, rows: np.ndarray) -> None:
-    """Write the index atomically (a temporary file renamed over it)."""
-    tmp = f"{path}.tmp{os.getpid()}"
+def _drop_stale_index(file: File, name: str) -> None:
+    """Remove ``<file>.index`` before the diff is rewritten.
+
+    :func:`merge` trusts the index next to a diff, so an index left from an earlier diff
+    of the same name would copy the wrong ranges.  It goes even when a new one will be
+    written there: until then (and for good if the diff fails before its index is
+    written) the diff is merged through its data extents, which is always right.
+    """
+    default = _default_index(file, name)
+    if default is None:
+        return
     try:
-        with open(tmp, "wb") as f:
+        os.unlink(default)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StreamError(f"cannot remove the stale index {default!r}: {exc}") from exc
+
+
+def _write_index(path: str, rows: np.ndarray) -> None:
+    """Write the index atomically (a temporary file in its directory renamed over it)."""
+    head, tail = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{tail}.", suffix=".tmp", dir=head or ".")
+    try:
+        with open(fd, "wb") as f:
             np.save(f, np.ascontiguousarray(rows, dtype="<u8").reshape(-1, 3))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -748,14 +867,19 @@ def save_diff(mem: GuestMemoryMmap, file: File, *, index: Any = True,
     If a write fails, the ranges written so far stay in the file and the index lists them
     (the file is a valid diff of what got through), the failed range and every later one
     are dirty again, and :class:`~npguest.errors.StreamError` names the range: the next
-    diff, merged after this one, completes it.
+    diff, merged after this one, completes it.  Any other failure after the ranges are
+    taken (a raising progress callback, an interrupt) marks every taken range dirty again.
+
+    An existing ``<file>.index`` is removed before the file is truncated (whatever
+    ``index`` says), so :func:`merge` never pairs this diff with an earlier diff's index;
+    the new index is written atomically once the ranges are through.
 
     Parameters
     ----------
     mem : GuestMemoryMmap
-        The memory, with dirty tracking (:class:`~npguest.AtomicBitmap`).
+        The memory, with dirty tracking (:class:`~npguest.AtomicBitmap`) in every region.
     file : str, os.PathLike, int or binary file
-        Where to write (truncated first).
+        Where to write (truncated first); not a file backing one of ``mem``'s regions.
     index : bool, str or os.PathLike, optional
         ``True`` (default): write ``<file>.index`` (needs a path, or a file object named by
         one); a path: write the index there; ``False``: no index (a bare Firecracker diff).
@@ -770,10 +894,14 @@ def save_diff(mem: GuestMemoryMmap, file: File, *, index: Any = True,
     Raises
     ------
     StreamError
-        A write failed (names the range; the rest is dirty again), or the index could not
-        be written (every range taken is dirty again).
+        A write failed (names the range; the rest is dirty again), the index could not
+        be written (every range taken is dirty again), a stale ``<file>.index`` cannot be
+        removed, or ``file`` backs one of ``mem``'s regions (nothing is taken or written).
+    BitmapError
+        Some region of ``mem`` (or all) has no dirty tracking; the file is not touched.
     TypeError
-        No index path is known, ``file`` has no descriptor, or a bitmap cannot be taken.
+        No index path is known, ``file`` has no descriptor, ``mem`` is not a guest
+        memory, or a bitmap cannot be taken.
 
     Examples
     --------
@@ -787,28 +915,33 @@ def save_diff(mem: GuestMemoryMmap, file: File, *, index: Any = True,
     >>> np.load(path + ".index").tolist()          # (guest_addr, length, file_offset)
     [[12288, 4096, 12288]]
     """
+    _check_memory(mem, "mem")
+    _check_tracked(mem, "mem")
     lay = layout(mem)
     with _opened(file, write=True) as (fd, name):
         index_path = _index_path(file, name, index)
+        _refuse_backing_file(mem, fd, name)
+        _drop_stale_index(file, name)
         _size_file(fd, int(lay[:, 1].sum()), fresh=True)
-        ranges = mem.get_and_reset_dirty()
-        offsets = _file_offsets(lay, ranges[:, 0])
-        where = dict(zip(ranges[:, 0].tolist(), offsets.tolist(), strict=True))
         tracker = Tracker(progress, "save_diff")
-        sent = ranges
         try:
-            tracker.start(int(ranges[:, 1].sum()), dirty_pages=_pages(ranges))
-            hand_over(mem, ranges, lambda a, n: _move(mem, fd, a, n, where[a], True), tracker)
-        except StreamError as exc:
-            k = int(np.searchsorted(ranges[:, 0], _U64(exc.addr)))
-            through = exc.completed - int(ranges[:k, 1].sum())
-            sent = np.concatenate([ranges[:k], [[exc.addr, through]]]).astype(_U64)
-            sent = sent[sent[:, 1] > 0]
-            _index_or_remark(mem, ranges, sent, index_path, lay)
-            raise
+            # from here until hand_over, a failure marks every taken range dirty again
+            with Taken(mem, mem.get_and_reset_dirty()) as taken:
+                ranges = taken.ranges
+                offsets = _file_offsets(lay, ranges[:, 0])
+                where = dict(zip(ranges[:, 0].tolist(), offsets.tolist(), strict=True))
+                tracker.start(int(ranges[:, 1].sum()), dirty_pages=_pages(ranges))
+                try:
+                    taken.hand_over(lambda a, n: _move(mem, fd, a, n, where[a], True), tracker)
+                except StreamError as exc:
+                    k = int(np.searchsorted(ranges[:, 0], _U64(exc.addr)))
+                    through = exc.completed - int(ranges[:k, 1].sum())
+                    sent = np.concatenate([ranges[:k], [[exc.addr, through]]]).astype(_U64)
+                    _index_or_remark(mem, ranges, sent[sent[:, 1] > 0], index_path, lay)
+                    raise
+                _index_or_remark(mem, ranges, ranges, index_path, lay)
         finally:
             tracker.close()
-        _index_or_remark(mem, ranges, sent, index_path, lay)
     return ranges
 
 
@@ -821,8 +954,7 @@ def _index_or_remark(mem: GuestMemoryMmap, taken: np.ndarray, sent: np.ndarray,
     try:
         _write_index(path, rows)
     except OSError as exc:
-        for addr, length in taken.tolist():
-            mem.mark_dirty(addr, length)
+        _remark(mem, taken)
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise StreamError(f"cannot write the index {path!r}: {exc}") from exc
@@ -891,16 +1023,20 @@ def merge(base: str | os.PathLike[str], diffs: Sequence[str | os.PathLike[str]],
 
     Each diff's data (the ranges of its index, or without one its data extents, as
     Firecracker's ``rebase-snap``) is copied over the base at the same file offsets.
+    Every diff is opened and checked (size, index) before any byte is copied, so a bad
+    diff leaves the base as it was; with ``out``, the result is built in a temporary file
+    next to ``out`` and renamed over it only once complete.  (In place, an I/O error in
+    the middle of copying can still leave the base partly merged: use ``out`` to be safe.)
 
     Parameters
     ----------
     base : str or os.PathLike
-        The full snapshot the first diff was taken after.
+        The full snapshot the first diff was taken after (must exist; never created).
     diffs : sequence of str or os.PathLike
         The diffs, oldest first.
     out : str or os.PathLike, optional
-        Write the result here (a copy of ``base`` is made first); default: update ``base``
-        in place.
+        Write the result here (atomically replaced; it gets ``base``'s permissions and
+        keeps its holes); default: update ``base`` in place.
 
     Returns
     -------
@@ -910,9 +1046,9 @@ def merge(base: str | os.PathLike[str], diffs: Sequence[str | os.PathLike[str]],
     Raises
     ------
     DumpFormatError
-        A diff's size is not the base's, or its index is malformed.
+        A diff's size is not the base's, or its index is malformed (nothing is copied).
     StreamError
-        A file cannot be opened, read or written.
+        A file cannot be opened (a missing base is named), read or written.
 
     Examples
     --------
@@ -931,29 +1067,73 @@ def merge(base: str | os.PathLike[str], diffs: Sequence[str | os.PathLike[str]],
     ...     f.read()[0xFFF:0x1001]
     b'ab'
     """
-    target = os.fspath(base)
-    if out is not None:
-        import shutil
-
-        try:
-            shutil.copyfile(target, out)
-        except OSError as exc:
-            raise StreamError(f"cannot copy {target!r} to {os.fspath(out)!r}: {exc}") from exc
-        target = os.fspath(out)
-    total = 0
-    with _opened(target, write=True) as (tfd, _):
-        size = os.fstat(tfd).st_size
+    base = os.fspath(base)
+    flags = os.O_RDONLY if out is not None else os.O_RDWR
+    try:
+        bfd = os.open(base, flags | os.O_CLOEXEC)  # never O_CREAT: a missing base is an error
+    except OSError as exc:
+        raise StreamError(f"cannot open the base {base!r}: {exc}") from exc
+    with contextlib.ExitStack() as stack:
+        stack.callback(os.close, bfd)
+        size = os.fstat(bfd).st_size
+        work = []  # every diff is opened and checked before any byte is copied
         for diff in diffs:
-            with _opened(os.fspath(diff), write=False) as (dfd, name):
-                diff_size = os.fstat(dfd).st_size
-                if diff_size != size:
-                    raise DumpFormatError(
-                        name, min(size, diff_size), "file size",
-                        f"{diff_size} bytes, but the base has {size}: not a diff of it",
-                    )  # fmt: skip
-                for pos, length in _diff_extents(name, dfd, size):
-                    _copy_range(dfd, tfd, pos, length, name)
-                    total += length
+            dfd, name = stack.enter_context(_opened(os.fspath(diff), write=False))
+            diff_size = os.fstat(dfd).st_size
+            if diff_size != size:
+                raise DumpFormatError(
+                    name, min(size, diff_size), "file size",
+                    f"{diff_size} bytes, but the base has {size}: not a diff of it",
+                )  # fmt: skip
+            work.append((dfd, name, _diff_extents(name, dfd, size)))
+        if out is None:
+            return _apply(work, bfd)
+        return _merge_into(os.fspath(out), base, bfd, size, work)
+
+
+def _apply(work: list[tuple[int, str, list[tuple[int, int]]]], target: int) -> int:
+    """Copy each diff's extents over ``target``, in order; return the bytes copied."""
+    total = 0
+    for dfd, name, extents in work:
+        for pos, length in extents:
+            _copy_range(dfd, target, pos, length, name)
+            total += length
+    return total
+
+
+def _merge_into(out: str, base: str, bfd: int, size: int,
+                work: list[tuple[int, str, list[tuple[int, int]]]]) -> int:  # fmt: skip
+    """Build the merge in a temporary file next to ``out``, then rename it over ``out``."""
+    from .dumps.dump import data_extents
+
+    head, tail = os.path.split(out)
+    try:
+        tfd, tmp = tempfile.mkstemp(prefix=f".{tail}.", suffix=".tmp", dir=head or ".")
+    except OSError as exc:
+        raise StreamError(f"cannot create a file next to {out!r}: {exc}") from exc
+    try:
+        try:
+            os.fchmod(tfd, stat.S_IMODE(os.fstat(bfd).st_mode))
+            os.ftruncate(tfd, size)
+        except OSError as exc:
+            raise StreamError(f"cannot size {tmp!r} to {size} bytes: {exc}") from exc
+        try:
+            extents = data_extents(bfd, 0, size)  # the base's holes stay holes
+        except OSError as exc:
+            raise StreamError(f"cannot find the data of {base!r}: {exc}") from exc
+        for pos, length in extents:
+            _copy_range(bfd, tfd, pos, length, base)
+        total = _apply(work, tfd)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise StreamError(f"cannot rename {tmp!r} to {out!r}: {exc}") from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    finally:
+        os.close(tfd)
     return total
 
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from npguest import AtomicBitmap, FileOffset, GuestMemoryMmap, GuestRegionMmap, MmapRegion, transfer
 from npguest.dumps.firecracker import open_firecracker
 from npguest.errors import (
+    BitmapError,
     DumpFormatError,
     GuestAddressOverflowError,
     InvalidGuestAddressError,
@@ -426,8 +427,9 @@ def test_merge_errors(tmp_path):
     (tmp_path / "diff.index").write_bytes(b"junk")
     with pytest.raises(DumpFormatError, match=r"not an \.npy"):
         transfer.merge(tmp_path / "base", [tmp_path / "diff"])
-    with pytest.raises(StreamError, match="cannot copy"):
+    with pytest.raises(StreamError, match="cannot open the base"):
         transfer.merge(tmp_path / "missing", [], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 FULL_DISK = textwrap.dedent(
@@ -492,3 +494,168 @@ def test_full_disk_loses_nothing_and_a_retry_completes(tmp_path):
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr
+
+
+# -- regressions ---------------------------------------------------------------------------
+def _raise_at_start(kind):
+    def callback(p):
+        if p.done == 0:
+            raise kind("the progress callback failed")
+
+    return callback
+
+
+@pytest.mark.parametrize("how", ["save_diff", "copy_dirty"])
+@pytest.mark.parametrize("fail", ["progress", "KeyboardInterrupt", "planning"])
+def test_a_failure_before_hand_over_re_marks_every_taken_page(tmp_path, monkeypatch, how, fail):
+    mem = GuestMemoryMmap.from_ranges(LAYOUTS[0], bitmap=AtomicBitmap)
+    dirty_some(mem, [1, 20, 45], 3)
+    kind = KeyboardInterrupt if fail == "KeyboardInterrupt" else RuntimeError
+    progress = None if fail == "planning" else _raise_at_start(kind)
+    if fail == "planning":
+        name = "_file_offsets" if how == "save_diff" else "_plan"
+
+        def broken(*args):
+            raise RuntimeError("planning failed")
+
+        monkeypatch.setattr(transfer, name, broken)
+    if how == "save_diff":
+        run = lambda: transfer.save_diff(mem, tmp_path / "diff", progress=progress)  # noqa: E731
+    else:
+        dst = GuestMemoryMmap.from_ranges(LAYOUTS[1])
+        run = lambda: transfer.copy_dirty(mem, dst, progress=progress)  # noqa: E731
+    with pytest.raises(kind):
+        run()
+    assert pages_of(mem.dirty_ranges().tolist()) == {1, 20, 45}
+
+
+@pytest.mark.parametrize("second", ["bare", "elsewhere", "failed"])
+def test_a_stale_index_never_reaches_merge(tmp_path, second):
+    mem, _ = filled(LAYOUTS[1], 5, bitmap=AtomicBitmap)
+    mem.get_and_reset_dirty()
+    transfer.save(mem, tmp_path / "base")
+    dirty_some(mem, [2], 1)
+    transfer.save_diff(mem, tmp_path / "diff")  # diff + diff.index listing page 2
+    dirty_some(mem, [7], 2)
+    if second == "failed":  # truncates the diff, then fails before any index is written
+        with pytest.raises(RuntimeError):
+            transfer.save_diff(mem, tmp_path / "diff", progress=_raise_at_start(RuntimeError))
+        assert not (tmp_path / f"diff{transfer.INDEX_SUFFIX}").exists()
+        return
+    index = False if second == "bare" else tmp_path / "elsewhere.index"
+    transfer.save_diff(mem, tmp_path / "diff", index=index)
+    assert not (tmp_path / f"diff{transfer.INDEX_SUFFIX}").exists()
+    full = transfer.merge(tmp_path / "base", [tmp_path / "diff"], tmp_path / "full")
+    assert full == PAGE  # page 7 from the data extents; page 2 lives in no diff any more
+    out = GuestMemoryMmap.from_ranges(LAYOUTS[1])
+    transfer.load(out, tmp_path / "full")
+    assert out.read_bytes(7 * PAGE, PAGE) == mem.read_bytes(7 * PAGE, PAGE)
+
+
+CLOSE_WHILE_COPYING = textwrap.dedent(
+    """
+    import contextlib
+    from npguest import GuestMemoryMmap, transfer
+    from npguest.errors import MmapRegionError
+
+    src = GuestMemoryMmap.from_ranges([(0, 0x100000)])
+    dst = GuestMemoryMmap.from_ranges([(0, 0x100000)])
+    src.write_slice(b"x" * 0x100000, 0)
+
+    def close_src(p):  # another thread closing src between planning and copying
+        if p.done == 0:
+            with contextlib.suppress(MmapRegionError):
+                src.close()
+
+    assert transfer.copy(src, dst, progress=close_src) == 0x100000
+    assert dst.read_bytes(0xFFFFF, 1) == b"x"
+    print("ok")
+    """
+)
+
+
+def test_closing_the_source_mid_copy_is_refused_not_a_crash():
+    run = subprocess.run(
+        [sys.executable, "-c", CLOSE_WHILE_COPYING],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "ok", (run.returncode, run.stderr)
+
+
+def test_a_closed_memory_is_a_clean_error():
+    src = GuestMemoryMmap.from_ranges([(0, PAGE)], bitmap=AtomicBitmap)
+    dst = GuestMemoryMmap.from_ranges([(0, PAGE)])
+    src.close()
+    with pytest.raises(InvalidGuestAddressError):
+        transfer.copy(src, dst, [[0, PAGE]])
+    dst.close()
+    src = GuestMemoryMmap.from_ranges([(0, PAGE)], bitmap=AtomicBitmap)
+    src.write_slice(b"x", 0)
+    with pytest.raises(StreamError) as info:
+        transfer.copy_dirty(src, dst)
+    assert isinstance(info.value.__cause__, InvalidGuestAddressError)
+    assert src.dirty_ranges().tolist() == [[0, PAGE]]
+
+
+def test_dirty_rounds_refuse_memory_without_tracking(tmp_path):
+    untracked = GuestMemoryMmap.from_ranges([(0, 4 * PAGE)])
+    tracked = GuestMemoryMmap.from_ranges([(0, 4 * PAGE)], bitmap=AtomicBitmap)
+    half = tracked.insert_region(
+        GuestMemoryMmap.from_ranges([(8 * PAGE, PAGE)]).find_region(8 * PAGE)
+    )
+    half.write_slice(b"x", 8 * PAGE)
+    half.write_slice(b"y", PAGE)
+    (tmp_path / "diff").write_bytes(b"an earlier diff")
+    dst = GuestMemoryMmap.from_ranges([(0, 16 * PAGE)])
+    for mem, what in [(untracked, "no dirty tracking"), (half, "only 1 of its 2")]:
+        with pytest.raises(BitmapError, match=what):
+            transfer.save_diff(mem, tmp_path / "diff")
+        with pytest.raises(BitmapError, match=what):
+            transfer.copy_dirty(mem, dst)
+    assert (tmp_path / "diff").read_bytes() == b"an earlier diff"  # not truncated
+    assert half.dirty_ranges().tolist() == [[PAGE, PAGE]]  # nothing taken
+
+
+def test_merge_has_no_side_effects_on_error(tmp_path):
+    (tmp_path / "diff").write_bytes(b"d" * 2 * PAGE)
+    with pytest.raises(StreamError, match="cannot open the base") as info:
+        transfer.merge(tmp_path / "nobase", [tmp_path / "diff"])
+    assert str(tmp_path / "nobase") in str(info.value) and not (tmp_path / "nobase").exists()
+    (tmp_path / "base").write_bytes(b"a" * 2 * PAGE)
+    (tmp_path / "good").write_bytes(b"b" * 2 * PAGE)
+    (tmp_path / "bad").write_bytes(b"c" * PAGE)
+    (tmp_path / "out").write_bytes(b"previous")
+    with pytest.raises(DumpFormatError, match="not a diff of it"):
+        transfer.merge(tmp_path / "base", [tmp_path / "good", tmp_path / "bad"])
+    assert (tmp_path / "base").read_bytes() == b"a" * 2 * PAGE  # nothing applied
+    with pytest.raises(DumpFormatError, match="not a diff of it"):
+        transfer.merge(tmp_path / "base", [tmp_path / "good", tmp_path / "bad"], tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["bad", "base", "diff", "good", "out"]
+    assert transfer.merge(tmp_path / "base", [tmp_path / "good"], tmp_path / "out") == 2 * PAGE
+    assert (tmp_path / "out").read_bytes() == b"b" * 2 * PAGE
+    assert (tmp_path / "base").read_bytes() == b"a" * 2 * PAGE
+
+
+SAVES = {
+    "sparse": lambda mem, path: transfer.save(mem, path, sparse=True),
+    "full": lambda mem, path: transfer.save(mem, path),
+    "diff": lambda mem, path: transfer.save_diff(mem, path, index=False),
+}
+
+
+@pytest.mark.parametrize("how", sorted(SAVES))
+def test_a_snapshot_is_never_written_into_a_file_backing_the_memory(tmp_path, how):
+    # (the file has the layout's size: were it larger, the unfixed code crashed with SIGBUS)
+    path = tmp_path / "ram"
+    path.write_bytes(bytes(2 * PAGE))
+    mem = GuestMemoryMmap.from_ranges_with_files(
+        [(0, 2 * PAGE, FileOffset(path))], bitmap=AtomicBitmap
+    )
+    mem.write_slice(b"guest data", PAGE)
+    with pytest.raises(StreamError, match="backs the guest region at 0x0"):
+        SAVES[how](mem, path)
+    assert mem.read_bytes(PAGE, 10) == b"guest data"
+    assert path.read_bytes()[PAGE : PAGE + 10] == b"guest data"
+    assert mem.dirty_ranges().tolist() == [[PAGE, PAGE]]
+    mem.close()
