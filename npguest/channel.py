@@ -11,9 +11,11 @@ to back; :func:`recv_ranges` fills them from a *source*.  Nothing is copied in u
 - a source is read with ``recv_into`` / :func:`os.readv` / ``readinto`` straight into the
   mapping (:func:`npguest.stream.read_into`), marking the pages dirty as any write does.
 
-Ranges may cross adjacent regions; a hole raises
-:class:`~npguest.errors.InvalidGuestAddressError` naming its first address before a byte
-moves.  Transfers go in chunks of :data:`CHUNK` bytes, the unit of progress reports.  A
+Ranges are integer ``(start, length)`` pairs, validated whole before they are cut into
+chunks or a byte moves: a float raises :class:`TypeError`, a negative value or a range
+ending past ``2**64`` :class:`~npguest.errors.GuestAddressOverflowError`.  Ranges may cross
+adjacent regions; a hole raises :class:`~npguest.errors.InvalidGuestAddressError` naming
+its first address.  Transfers go in chunks of :data:`CHUNK` bytes, the unit of progress reports.  A
 failure raises :class:`~npguest.errors.StreamError` naming the chunk's guest range, with
 ``completed`` counting the bytes moved before it.
 
@@ -88,13 +90,66 @@ class FileSpan(NamedTuple):
     n: int
 
 
+_U64_MAX = np.uint64(2**64 - 1)
+
+
 def _ranges(ranges: Any) -> np.ndarray:
-    arr = np.asarray(ranges, dtype=np.uint64)
+    """Parse ``(n, 2)`` integer ``(start, length)`` ranges, exactly (no float, no wrap)."""
+    arr = np.asarray(ranges)
     if arr.size == 0:
         return np.empty((0, 2), dtype=np.uint64)
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise ValueError(f"ranges must be an (n, 2) array of (start, length), not {arr.shape}")
+    if arr.dtype.kind in "fO" and not isinstance(ranges, np.ndarray):
+        # a list of Python ints past int64 (e.g. 2**64 - 1) comes out float or object:
+        # look at the ints themselves, so nothing is rounded
+        values = np.asarray(ranges, dtype=object).reshape(-1)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise TypeError(f"ranges must be integers, not {type(v).__name__} {v!r}")
+        rows = [(int(a), int(n)) for a, n in values.reshape(-1, 2).tolist()]
+        for addr, length in rows:
+            if addr < 0 or length < 0:
+                raise GuestAddressOverflowError(addr, length)
+            if max(addr, length) >= 1 << 64 or addr + length > 1 << 64:
+                raise GuestAddressOverflowError(addr, length)
+        return np.array(rows, dtype=np.uint64).reshape(-1, 2)
+    if arr.dtype.kind not in "ui":
+        raise TypeError(f"ranges must be an integer array of (start, length), not {arr.dtype}")
+    if arr.dtype.kind == "i" and (arr < 0).any():
+        k = int(np.argmax((arr < 0).any(axis=1)))
+        raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
+    arr = arr.astype(np.uint64)
+    # addr + length > 2**64, without wrapping: length - 1 > 2**64 - 1 - addr
+    wraps = (arr[:, 1] > 0) & (arr[:, 1] - np.uint64(1) > _U64_MAX - arr[:, 0])
+    if wraps.any():
+        k = int(np.argmax(wraps))
+        raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
     return arr
+
+
+def _check_backed(mem: GuestMemoryMmap, ranges: np.ndarray) -> None:
+    """Raise InvalidGuestAddressError at the first unbacked byte of the first such range."""
+    ranges = ranges[ranges[:, 1] > 0]
+    if not len(ranges):
+        return
+    starts = np.asarray(mem.starts, dtype=np.uint64)
+    ends = np.asarray(mem.ends, dtype=np.uint64)
+    if not len(starts):
+        raise InvalidGuestAddressError(int(ranges[0, 0]))
+    new_run = np.ones(len(starts), dtype=bool)  # runs of adjacent regions
+    new_run[1:] = starts[1:] != ends[:-1]
+    run_starts = starts[new_run]
+    run_ends = ends[np.append(new_run[1:], True)]
+    addr, end = ranges[:, 0], ranges[:, 0] + (ranges[:, 1] - np.uint64(1))  # last byte
+    j = np.searchsorted(run_starts, addr, side="right").astype(np.int64) - 1
+    ok = j >= 0
+    jj = np.maximum(j, 0)
+    start_in = ok & (addr < run_ends[jj])
+    bad = ~start_in | (end >= run_ends[jj])
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise InvalidGuestAddressError(int(addr[k]) if not start_in[k] else int(run_ends[jj[k]]))
 
 
 def pieces(mem: GuestMemoryMmap, addr: int, length: int) -> list[Piece]:
@@ -249,8 +304,13 @@ def write_items(sink: Any, items: Sequence[bytes | memoryview | FileSpan]) -> in
 
 
 def _planned(mem: GuestMemoryMmap, ranges: Any) -> list[tuple[int, int, list[Piece]]]:
-    """Chunk ``ranges`` and split every chunk into pieces (so holes raise before any I/O)."""
-    chunks = split_ranges(_ranges(ranges), CHUNK).tolist()
+    """Validate ``ranges``, then chunk them and split every chunk into pieces (before any I/O).
+
+    Everything is checked before a range is split, so a huge or wrapping range costs nothing.
+    """
+    arr = _ranges(ranges)
+    _check_backed(mem, arr)
+    chunks = split_ranges(arr, CHUNK).tolist()
     return [(addr, n, pieces(mem, addr, n)) for addr, n in chunks]
 
 
@@ -282,7 +342,12 @@ def send_ranges(
     Raises
     ------
     InvalidGuestAddressError
-        A range is not fully backed (nothing is sent).
+        A range is not fully backed (nothing is sent); the error names its first unbacked
+        byte.
+    GuestAddressOverflowError
+        A start or length is negative, or a range ends past ``2**64`` (nothing is sent).
+    TypeError
+        ``ranges`` are not integers (a float address is not rounded).
     StreamError
         The sink failed: the error names the chunk's guest range; ``completed`` counts
         the bytes sent before the failure.
@@ -336,7 +401,12 @@ def recv_ranges(
     Raises
     ------
     InvalidGuestAddressError
-        A range is not fully backed (nothing is read).
+        A range is not fully backed (nothing is read); the error names its first unbacked
+        byte.
+    GuestAddressOverflowError
+        A start or length is negative, or a range ends past ``2**64`` (nothing is read).
+    TypeError
+        ``ranges`` are not integers (a float address is not rounded).
     StreamError
         The source failed or ended early: the error names the chunk's guest range;
         ``completed`` counts the bytes received before it.

@@ -254,6 +254,17 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """Parse a timeout: a finite number of seconds > 0 (0 would make sockets non-blocking)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, not {text!r}")
+    return value
+
+
 def _page_size(text: str) -> int:
     """Parse a comparison page size: a power of two up to 2 MiB."""
     value = _number(text)
@@ -630,7 +641,7 @@ def _parser() -> argparse.ArgumentParser:
     _dump_arguments(p, "dump")
     p.add_argument("--to", type=_address, required=True, metavar="HOST:PORT",
                    help="where `npguest receive` listens")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=_seconds, default=60.0,
                    help="seconds a connect or a blocked write may take (default 60)")  # fmt: skip
     p.set_defaults(func=_send_command)
 
@@ -647,7 +658,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the dump file to write")
     p.add_argument("--out-format", choices=WRITE_FORMATS, default="elf",
                    help="format of --out (default elf: keeps the regions and holes)")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=_seconds, default=60.0,
                    help="seconds to wait for a sender and for each read (default 60)")  # fmt: skip
     p.set_defaults(func=_receive_command)
 

@@ -41,9 +41,22 @@ kind                   a                   b                   c
 
 A DATA head is followed by ``ceil(length / page size)`` u64 block checksums (XXH64 of each
 page-size block of the payload, the last one shorter), then the ``length`` payload bytes.
-A DATA record lies inside one region, and its blocks are aligned to that region's pages.
-The round digest is the XXH64 of the round's DATA heads and block checksums, concatenated.
+A DATA record lies inside one region and starts on one of that region's pages
+(``(gpa - region start) % page size == 0``; the receiver rejects any other, field
+``"record address"``), so its blocks are that region's pages (the last block of a region
+whose size is not a page multiple is short).  A DATA record has at most ``MAX_BLOCKS``
+(2**18) blocks and ``MAX_RECORD`` (1 GiB) bytes (fields ``"record length"``,
+``"record range"``): the sender cuts records at ``min(4 MiB, 2**18 pages)``, at least one
+page.  The round digest is the XXH64 of the round's DATA heads and block checksums, concatenated.
 Rounds are numbered from 1; the last round before END_STREAM is the stop-and-copy round.
+
+A receiver that builds a new memory from the header (no destination given) requires at
+least one round (field ``"round count"``), round 1 announcing exactly the header's total
+bytes (field ``"round total"``), and round 1's DATA records ascending and disjoint (field
+``"record order"``): round 1 then copies every byte of every region.  A ``resume=True``
+stream fails this; it belongs to the destination of the failed stream.  The header's total
+may not exceed ``max_bytes`` (default ``MAX_BYTES``, 1 TiB; field ``"total size"``), and no
+region may reach past ``2**64 - 1``.
 
 Checksums
 ---------
@@ -51,16 +64,21 @@ Pre-copy rounds read memory that the guest is writing: a page written while it i
 sent can reach the receiver with bytes that differ from its checksum.  Such a write marks
 the page dirty again (the bitmaps are taken before the bytes are read), so a later round
 sends it again.  The receiver therefore keeps the address of every block whose checksum
-failed, forgets it when a later block at that address verifies, and raises
+failed (and its length), forgets it only when a later block with the same start and at
+least that length verifies (a shorter block, even at the same address, would leave the rest
+of the corrupted page unchecked), and raises
 :class:`~npguest.errors.DumpFormatError` (field ``"block checksum"``) at the end of the
 stream if any is left: a corrupted page is always an error, a raced one never is.  The
 round digest, record count and byte count catch lost, duplicated or garbled records.
 
 Failures and retries
 --------------------
-The sender moves ranges with :func:`npguest.handover.hand_over`: when the sink fails, the
-pages not handed to it are dirty again and :class:`~npguest.errors.StreamError` names the
-range.  Two ways on:
+The sender holds each round's ranges, from the moment they are taken from the bitmaps, in a
+:class:`npguest.handover.Taken`: anything failing before they are handed over (a progress
+callback, planning) marks them all dirty again, and once handed over with
+:func:`npguest.handover.hand_over`, a sink failure leaves the pages not handed to it dirty
+again, with :class:`~npguest.errors.StreamError` naming the range.  A failed full round 1
+re-marks the rest of the whole layout.  Two ways on:
 
 - a new :func:`send` to a fresh receiver (always correct: round 1 copies everything);
 - ``send(mem, sink, resume=True)`` into a receiver filling the *same* destination memory
@@ -101,7 +119,7 @@ import numpy as np
 from .bitmap import _k
 from .channel import _payload, pieces, recv_ranges, write_items
 from .errors import BitmapError, DumpFormatError, StreamError
-from .handover import hand_over, split_ranges
+from .handover import Taken, split_ranges
 from .progress import ProgressCallback, Tracker
 from .stream import read_into
 
@@ -121,6 +139,12 @@ RECORD = 1 << 22
 #: Largest DATA record a receiver accepts, and most regions in a header.
 MAX_RECORD = 1 << 30
 MAX_REGIONS = 1 << 16
+#: Most blocks (so block checksums: 8 bytes each, 2 MiB in all) in one DATA record.  A
+#: record is also cut at ``MAX_BLOCKS`` pages, so a small page size cannot make a receiver
+#: allocate ``MAX_RECORD / page`` checksums before any payload arrives.
+MAX_BLOCKS = 1 << 18
+#: Default largest memory :func:`receive` builds from a header (1 TiB).
+MAX_BYTES = 1 << 40
 ROUND, DATA, END_ROUND, END_STREAM = 1, 2, 3, 4
 STREAM = "<migration stream>"
 
@@ -265,16 +289,28 @@ def _pages(ranges: np.ndarray, page: int) -> int:
     return int(((ranges[:, 1] + np.uint64(page - 1)) // np.uint64(page)).sum())
 
 
+def _record_size(page: int) -> int:
+    """Return the largest record the sender cuts: a multiple of ``page``, <= MAX_BLOCKS pages."""
+    return max(page, min(RECORD, MAX_BLOCKS * page))
+
+
 class _Sender:
-    """The sending side of one stream: rounds of records over ``hand_over``."""
+    """The sending side of one stream: rounds of records over ``Taken.hand_over``."""
 
     def __init__(self, mem: GuestMemoryMmap, sink: Any, page: int, tracker: Tracker) -> None:
         self.mem, self.sink, self.page, self.tracker = mem, sink, page, tracker
         self.stats = MigrationStats()
 
-    def round(self, number: int, ranges: np.ndarray) -> None:
+    def round(self, number: int, taken: Taken) -> None:
+        """Send one round of ``taken``'s ranges; whatever raises re-marks what is not sent.
+
+        Ranges start on a region's page boundary (dirty ranges and region layouts do), and
+        records are cut at multiples of the page size, so every DATA record is page-aligned
+        relative to its region.
+        """
         t0 = time.perf_counter()
-        records = split_ranges(_at_region_starts(self.mem, ranges), RECORD)
+        records = split_ranges(_at_region_starts(self.mem, taken.ranges), _record_size(self.page))
+        taken.ranges = records  # the same bytes, cut into the records hand_over moves and names
         total, npages = int(records[:, 1].sum()), _pages(records, self.page)
         pending: list[Any] = [_RECORD.pack(ROUND, number, total, npages, 0)]
         heads = bytearray()
@@ -294,8 +330,8 @@ class _Sender:
             heads.extend(head)
             count += 1
 
-        self.tracker.start(total, number, npages)
-        hand_over(self.mem, records, send_record, self.tracker)
+        self.tracker.start(total, number, npages)  # (a raising callback: taken re-marks all)
+        taken.hand_over(send_record, self.tracker)
         write_items(
             self.sink, [*pending, _RECORD.pack(END_ROUND, number, count, total, xxh64(heads))]
         )
@@ -371,18 +407,27 @@ def send(
             if pause is not None:
                 pause()
             paused = time.perf_counter()
-            sender.round(1, layout)
+            with Taken(mem, layout) as taken:
+                sender.round(1, taken)
         else:
-            ranges = mem.get_and_reset_dirty()  # taken before any byte is read
-            sender.round(1, ranges if resume else layout)
+            # Every round's ranges are taken from the bitmaps before any byte is read, and
+            # held by a Taken until hand_over takes charge: whatever fails in between (a
+            # progress callback, planning) marks them dirty again, so no page is lost.  A
+            # full round 1 holds the whole layout: if it fails, every page not handed over
+            # is dirty, and ``resume=True`` sends exactly what the destination misses.
+            ranges = mem.get_and_reset_dirty()
+            with Taken(mem, ranges if resume else layout) as taken:
+                sender.round(1, taken)
             number = 1
             while number < max_rounds and _pages(mem.dirty_ranges(), page) > min_dirty:
                 number += 1
-                sender.round(number, mem.get_and_reset_dirty())
+                with Taken(mem, mem.get_and_reset_dirty()) as taken:
+                    sender.round(number, taken)
             if pause is not None:
                 pause()
             paused = time.perf_counter()
-            sender.round(number + 1, mem.get_and_reset_dirty())
+            with Taken(mem, mem.get_and_reset_dirty()) as taken:
+                sender.round(number + 1, taken)
         stats = sender.stats
         write_items(sink, [_RECORD.pack(END_STREAM, 0, len(stats.rounds), stats.bytes, 0)])
     finally:
@@ -414,12 +459,25 @@ class _Reader:
         self.offset += n
         return bytes(buf)
 
+    def into(self, view: memoryview, what: str) -> None:
+        """Fill ``view`` (a preallocated buffer) from the stream."""
+        n, got = len(view), 0
+        while got < n:
+            k = read_into(self.source, view[got:], self.offset + got)
+            if not k:
+                raise StreamError(
+                    f"the stream ended in the {what} ({got} of {n} bytes)", self.offset + got
+                )
+            got += k
+        self.offset += n
+
 
 def _bad(offset: int, what: str, reason: str) -> DumpFormatError:
     return DumpFormatError(STREAM, offset, what, reason)
 
 
 def _read_header(reader: _Reader) -> tuple[int, np.ndarray]:
+    """Read and check the header; return the page size and the ``(gpa, size)`` layout."""
     head = reader.exact(_HEAD.size, "header")
     magic, version, algo, page, n, _, total = _HEAD.unpack(head)
     if magic != MAGIC:
@@ -428,8 +486,8 @@ def _read_header(reader: _Reader) -> tuple[int, np.ndarray]:
         raise _bad(8, "version", f"version {version} is not supported (only {VERSION})")
     if algo != XXH64:
         raise _bad(10, "checksum algorithm", f"unknown algorithm {algo} (1 is XXH64)")
-    if page < 8 or page & (page - 1):
-        raise _bad(12, "page size", f"{page} is not a power of two >= 8")
+    if page < 8 or page & (page - 1) or page > MAX_RECORD:
+        raise _bad(12, "page size", f"{page} is not a power of two in [8, {MAX_RECORD}]")
     if not 1 <= n <= MAX_REGIONS:
         raise _bad(16, "region count", f"{n} is not in [1, {MAX_REGIONS}]")
     table = reader.exact(16 * n, "region table")
@@ -440,7 +498,7 @@ def _read_header(reader: _Reader) -> tuple[int, np.ndarray]:
     sizes = [int(s) for s in layout[:, 1]]
     ends = [int(a) + s for a, s in layout.tolist()]
     for i, (addr, size) in enumerate(layout.tolist()):
-        if size == 0 or ends[i] > 2**64 or (i and addr < ends[i - 1]):
+        if size == 0 or ends[i] > 2**64 - 1 or (i and addr < ends[i - 1]):
             raise _bad(32 + 16 * i, f"region {i}", f"({addr:#x}, {size}) is empty, "
                        "overflows or overlaps the previous region")  # fmt: skip
     if sum(sizes) != total:
@@ -451,11 +509,20 @@ def _read_header(reader: _Reader) -> tuple[int, np.ndarray]:
 class _Receiver:
     """The receiving side: checks each record against the layout, rounds and checksums."""
 
-    def __init__(self, source: Any, mem: GuestMemoryMmap, page: int, tracker: Tracker) -> None:
+    def __init__(
+        self, source: Any, mem: GuestMemoryMmap, page: int, tracker: Tracker, fresh: int | None
+    ) -> None:
         self.source, self.mem, self.page, self.tracker = source, mem, page, tracker
-        self.unverified: set[int] = set()  # blocks whose checksum failed, not yet resent
+        self.fresh = fresh  # a new memory: the header's total bytes, which round 1 must cover
+        self.cursor = 0  # end of the previous record of round 1 (fresh: ascending, disjoint)
+        self.unverified: dict[int, int] = {}  # failed block address -> its length
+        self.sums = np.empty(0, dtype="<u8")  # block checksums, reused by every record
 
-    def data(self, reader: _Reader, at: int, number: int, addr: int, length: int) -> bytes:
+    def data(self, reader: _Reader, at: int, number: int, addr: int, length: int) -> memoryview:
+        nblocks = -(-length // self.page)
+        if nblocks > MAX_BLOCKS:  # before anything is allocated for its checksums
+            raise _bad(at, "record length", f"DATA {addr:#x}+{length} of round {number}: "
+                       f"{nblocks} blocks of {self.page} bytes, over {MAX_BLOCKS}")  # fmt: skip
         try:
             if not 0 < length <= MAX_RECORD:
                 raise ValueError(f"length {length} is not in [1, {MAX_RECORD}]")
@@ -463,18 +530,34 @@ class _Receiver:
         except (ValueError, IndexError, OverflowError) as exc:  # npguest's range errors too
             raise _bad(at, "record range", f"DATA {addr:#x}+{length} of round {number}: "
                        f"not inside one destination region ({exc})") from exc  # fmt: skip
-        nblocks = -(-length // self.page)
-        sums = reader.exact(8 * nblocks, f"block checksums of {addr:#x}+{length}")
+        if piece.offset % self.page:
+            raise _bad(at, "record address", f"DATA {addr:#x}+{length} of round {number}: "
+                       f"{piece.offset:#x} bytes into its region, not on a page of "
+                       f"{self.page} bytes")  # fmt: skip
+        if self.fresh is not None and number == 1:
+            if addr < self.cursor:
+                raise _bad(at, "record order", f"DATA {addr:#x}+{length} of round 1 overlaps "
+                           f"or precedes the previous record (to {self.cursor:#x})")  # fmt: skip
+            self.cursor = addr + length
+        if len(self.sums) < nblocks:
+            self.sums = np.empty(max(nblocks, 2 * len(self.sums)), dtype="<u8")
+        sums = self.sums[:nblocks]
+        reader.into(memoryview(sums).cast("B"), f"block checksums of {addr:#x}+{length}")
         recv_ranges(self.mem, [(addr, length)], self.source)
         reader.offset += length
-        good = np.frombuffer(sums, dtype="<u8") == _blocks(piece.array(), self.page)
-        blocks = addr + self.page * np.arange(nblocks, dtype=np.uint64)
-        if self.unverified:
-            self.unverified.difference_update(blocks[good].tolist())
+        good = sums == _blocks(piece.array(), self.page)
+        offsets = self.page * np.arange(nblocks, dtype=np.int64)
+        lengths = np.minimum(length - offsets, self.page).tolist()
+        blocks = (addr + offsets.astype(np.uint64)).tolist()
+        if self.unverified:  # a good block clears a failed one only if it covers it whole
+            for i in np.flatnonzero(good).tolist():
+                if lengths[i] >= self.unverified.get(blocks[i], lengths[i] + 1):
+                    del self.unverified[blocks[i]]
         if not good.all():
-            self.unverified.update(blocks[~good].tolist())
+            for i in np.flatnonzero(~good).tolist():
+                self.unverified[blocks[i]] = max(lengths[i], self.unverified.get(blocks[i], 0))
         self.tracker.advance(length)
-        return sums
+        return memoryview(sums).cast("B")
 
     def run(self, reader: _Reader) -> None:
         rounds = payload = 0
@@ -482,6 +565,9 @@ class _Receiver:
             at = reader.offset
             kind, number, a, b, c = _RECORD.unpack(reader.exact(_RECORD.size, "record head"))
             if kind == END_STREAM:
+                if self.fresh is not None and not rounds:
+                    raise _bad(at, "round count", "the stream has no round: a new destination "
+                               "needs round 1 to copy every region")  # fmt: skip
                 if (a, b) != (rounds, payload):
                     raise _bad(at, "end record", f"{a} rounds of {b} bytes announced, "
                                f"{rounds} rounds of {payload} bytes received")  # fmt: skip
@@ -495,6 +581,10 @@ class _Receiver:
                 raise _bad(at, "record kind", f"kind {kind} of round {number} where round "
                            f"{rounds + 1} should start (kind {ROUND})")  # fmt: skip
             rounds, total = number, a
+            if self.fresh is not None and number == 1 and total != self.fresh:
+                raise _bad(at, "round total", f"round 1 sends {total} bytes, not the header's "
+                           f"{self.fresh}: a new destination needs every region (a resumed "
+                           "stream goes to the destination of the failed one)")  # fmt: skip
             self.tracker.start(total, number, b)
             heads = bytearray()
             count = got = 0
@@ -507,7 +597,8 @@ class _Receiver:
                                f"{number} (expected DATA or END_ROUND)")  # fmt: skip
                 if kind == END_ROUND:
                     break
-                heads += head + self.data(reader, at, number, a, b)
+                heads += head
+                heads += self.data(reader, at, number, a, b)
                 count, got = count + 1, got + b
             if (a, b, got) != (count, total, total):
                 raise _bad(at, "record count", f"round {number} announced {a} records of {b} "
@@ -523,6 +614,7 @@ def receive(
     mem: GuestMemoryMmap | None = None,
     *,
     progress: ProgressCallback | bool | None = None,
+    max_bytes: int = MAX_BYTES,
 ) -> GuestMemoryMmap:
     """Receive a stream of :func:`send` into a guest memory.
 
@@ -535,6 +627,10 @@ def receive(
         new anonymous memory of the header's layout, dirty-tracked at its page size.
     progress : callable, bool or None, optional
         See :mod:`npguest.progress` (reported per record and per round).
+    max_bytes : int, optional
+        Without ``mem``: the largest total of the header's regions to allocate (default
+        :data:`MAX_BYTES`, 1 TiB); a larger header raises :class:`DumpFormatError` (field
+        ``"total size"``) before anything is mapped.
 
     Returns
     -------
@@ -545,13 +641,21 @@ def receive(
     ------
     DumpFormatError
         The stream is malformed (bad magic, version, page size, region table, record or
-        round), a checksum failed, or the layout differs from ``mem``'s; ``field`` names
-        what is wrong and ``offset`` where in the stream.
+        round; a DATA record not page-aligned in its region or of more than
+        :data:`MAX_BLOCKS` blocks), a checksum failed, the layout differs from ``mem``'s,
+        or (without ``mem``) the header exceeds ``max_bytes`` or the stream does not copy
+        every region in round 1; ``field`` names what is wrong and ``offset`` where in the
+        stream.
     StreamError
         The source failed or ended early (inside a record: the error names its range).
     """
+    fresh = mem is None
     reader = _Reader(source)
     page, layout = _read_header(reader)
+    total = int(layout[:, 1].sum())
+    if mem is None and total > max_bytes:
+        raise _bad(24, "total size", f"the stream's regions hold {total} bytes, more than "
+                   f"max_bytes={max_bytes}")  # fmt: skip
     if mem is None:
         from .bitmap import AtomicBitmap
         from .guest_memory import GuestMemoryMmap
@@ -564,7 +668,7 @@ def receive(
                    f"destination's {_show(_layout(mem))}")  # fmt: skip
     tracker = Tracker(progress, "receive")
     try:
-        _Receiver(source, mem, page, tracker).run(reader)
+        _Receiver(source, mem, page, tracker, total if fresh else None).run(reader)
     finally:
         tracker.close()
     return mem

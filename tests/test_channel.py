@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from npguest import AtomicBitmap, FileOffset, GuestMemoryMmap
 from npguest import channel as ch
-from npguest.errors import InvalidGuestAddressError, StreamError
+from npguest.errors import GuestAddressOverflowError, InvalidGuestAddressError, StreamError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -260,3 +260,37 @@ def test_bad_arguments():
     assert ch.send_ranges(mem, [], io.BytesIO()) == 0
     with pytest.raises(OverflowError):
         ch.pieces(mem, 2**64 - 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("ranges", "error", "addr"),
+    [
+        ([(0, 2**64 - 1)], InvalidGuestAddressError, 24 * PAGE + 100),
+        ([(0x1000, 2**64 - 2**21)], InvalidGuestAddressError, 24 * PAGE + 100),
+        ([(64 * PAGE, 2**64 - 64 * PAGE)], InvalidGuestAddressError, SIZE),
+        ([(0, 8), (40 * PAGE, 8)], InvalidGuestAddressError, 40 * PAGE),
+        ([(0, 2**64)], GuestAddressOverflowError, 0),
+        ([(PAGE, 2**64 - 1)], GuestAddressOverflowError, PAGE),
+        (np.array([[0x1000, -1]], dtype=np.int64), GuestAddressOverflowError, None),
+        ([(-1, 16)], GuestAddressOverflowError, None),
+        ([(-1, 2**64 - 1)], GuestAddressOverflowError, None),
+        ([(0.9, 16)], TypeError, None),
+        (np.array([[0.0, 16.0]]), TypeError, None),
+        ([(0, 1 << 44)], InvalidGuestAddressError, 24 * PAGE + 100),
+        ([(0, 1 << 62)], InvalidGuestAddressError, 24 * PAGE + 100),
+    ],
+)
+def test_ranges_are_validated_before_splitting(ranges, error, addr):
+    mem = filled()
+    for move in (
+        lambda: ch.send_ranges(mem, ranges, io.BytesIO()),
+        lambda: ch.recv_ranges(mem, ranges, io.BytesIO(bytes(SIZE))),
+    ):
+        t0 = time.perf_counter()
+        with pytest.raises(error) as info:
+            move()
+        assert time.perf_counter() - t0 < 0.5
+        if addr is not None:
+            assert info.value.addr == addr
+    assert ch.send_ranges(mem, [(0, 24 * PAGE + 100)], io.BytesIO()) == 24 * PAGE + 100
+    assert ch.send_ranges(mem, np.array([[64 * PAGE, 0]], dtype=np.int64), io.BytesIO()) == 0

@@ -292,3 +292,16 @@ def test_send_errors_exit_1(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["send", str(sample), "--to", "nohostport"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "soon"])
+def test_send_receive_timeouts_must_be_positive(tmp_path, capsys, timeout):
+    for argv in (
+        ["send", str(tmp_path / "s.elf"), "--to", "127.0.0.1:1", "--timeout", timeout],
+        ["receive", "--listen", "127.0.0.1:0", "--out", str(tmp_path / "o.elf"),
+         "--timeout", timeout],
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+        assert "--timeout" in capsys.readouterr().err

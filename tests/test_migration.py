@@ -319,3 +319,170 @@ def test_socket_timeout_on_a_silent_sender():
         mig.receive(b)
     a.close()
     b.close()
+
+
+# -- regressions ----------------------------------------------------------------------------
+def handmade(layout, rounds, page=PAGE):
+    """A stream of ``rounds``: lists of ``(gpa, payload, sums or None)`` DATA records."""
+    out = mig._header(np.array(layout, dtype=np.uint64).reshape(-1, 2), page)
+    payload = 0
+    for number, recs in enumerate(rounds, 1):
+        total = sum(len(p) for _, p, _ in recs)
+        out += mig._RECORD.pack(mig.ROUND, number, total, 0, 0)
+        heads = b""
+        for addr, data, sums in recs:
+            if sums is None:
+                sums = mig._blocks(np.frombuffer(data, dtype=np.uint8), page)
+            head = mig._RECORD.pack(mig.DATA, number, addr, len(data), 0)
+            head += np.asarray(sums, dtype="<u8").tobytes()
+            heads += head
+            out += head + data
+        out += mig._RECORD.pack(mig.END_ROUND, number, len(recs), total, mig.xxh64(heads))
+        payload += total
+    return out + mig._RECORD.pack(mig.END_STREAM, 0, len(rounds), payload, 0)
+
+
+@pytest.mark.parametrize(
+    ("failing", "max_rounds", "left"),
+    [(1, 1, set(PAGES)), (2, 1, {3, 5}), (2, 2, {5}), (3, 2, {3})],  # pages: see below
+)
+def test_a_progress_callback_failing_at_a_round_start_loses_no_page(failing, max_rounds, left):
+    src = source(7)
+    src.get_and_reset_dirty()
+
+    def progress(p):
+        if p.round == 1 and p.done == PAGE * 32:  # during round 1: pre-copy round 2 sends it
+            src.write(b"early", 5 * PAGE)
+        if p.round == failing and p.done == 0:
+            raise RuntimeError("the progress bar died")
+
+    def pause():  # the final round sends it
+        src.write(b"late", 3 * PAGE)
+
+    with pytest.raises(RuntimeError, match="progress bar died"):
+        mig.send(src, io.BytesIO(), max_rounds=max_rounds, min_dirty=0, pause=pause,
+                 progress=progress)  # fmt: skip
+    assert {int(a) // PAGE for a in src.dirty_pages()} == left
+
+
+def test_a_failure_between_taking_and_handing_over_re_marks_the_pages(monkeypatch):
+    src = source(8)
+    src.get_and_reset_dirty()
+    src.write(b"x", 0x7000)
+
+    def boom(*args, **kw):
+        raise MemoryError("planning failed")
+
+    monkeypatch.setattr(mig, "_at_region_starts", boom)
+    with pytest.raises(MemoryError):
+        mig.send(src, io.BytesIO(), resume=True)
+    assert [int(a) for a in src.dirty_pages()] == [0x7000]
+
+
+def test_a_partial_block_does_not_clear_a_failed_checksum():
+    layout = [(0, 4 * PAGE)]
+    good = b"G" * PAGE
+    corrupt = [(PAGE, b"X" * PAGE, [mig.xxh64(good)])]  # payload differs from its checksum
+    for later, ok in [
+        ([(PAGE, b"G", None)], False),  # 1 byte at the block: the rest stays corrupted
+        ([(PAGE, b"G" * (PAGE - 1), None)], False),
+        ([(PAGE, good, None)], True),  # the whole block verifies
+        ([(0, b"Z" * 2 * PAGE, None)], True),  # a record covering it
+    ]:
+        dst = GuestMemoryMmap.from_ranges(layout)
+        data = handmade(layout, [corrupt, later])
+        if ok:
+            mig.receive(io.BytesIO(data), mem=dst)
+        else:
+            with pytest.raises(DumpFormatError) as info:
+                mig.receive(io.BytesIO(data), mem=dst)
+            assert info.value.field == "block checksum"
+
+
+def test_misaligned_records_are_rejected():
+    layout = [(0, 4 * PAGE), (0x10100, 4 * PAGE)]  # the second region starts mid-page
+    for addr, ok in [(1, False), (PAGE + 8, False), (0x10100, True), (0x10100 + PAGE, True)]:
+        dst = GuestMemoryMmap.from_ranges(layout)
+        data = handmade(layout, [[(addr, b"y" * 10, None)]])
+        if ok:
+            mig.receive(io.BytesIO(data), mem=dst)
+            assert dst.read_bytes(addr, 10) == b"y" * 10
+        else:
+            with pytest.raises(DumpFormatError) as info:
+                mig.receive(io.BytesIO(data), mem=dst)
+            assert info.value.field == "record address"
+
+
+@pytest.mark.parametrize("page", [8, 64, 1 << 23])
+def test_sender_records_are_aligned_and_bounded(page):
+    layout = [(0, 3 * (1 << 23) + 100), (1 << 26, 1 << 23)]  # not a page multiple, adjacent
+    src = GuestMemoryMmap.from_ranges(layout, bitmap=AtomicBitmap, page_size=page)
+    src.write(b"tail", layout[0][1] - 4)
+    src.write(b"head", 1 << 26)
+    sink = io.BytesIO()
+    mig.send(src, sink)
+    data = sink.getvalue()
+    at = 32 + 16 * len(layout) + 8
+    seen = 0
+    while at < len(data):
+        kind, _, a, b, _ = struct.unpack_from("<IIQQQ", data, at)
+        at += 32
+        if kind == mig.DATA:
+            start = max(s for s, _ in layout if s <= a)
+            assert (a - start) % page == 0 and -(-b // page) <= mig.MAX_BLOCKS, (a, b)
+            at += 8 * -(-b // page) + b
+            seen += b
+    assert seen == sum(n for _, n in layout)
+    dst = mig.receive(io.BytesIO(data))
+    assert dst.read_bytes(layout[0][1] - 4, 4) == b"tail"
+    assert dst.read_bytes(1 << 26, 4) == b"head"
+
+
+def test_a_fresh_receiver_needs_a_full_round_1():
+    src = source(9)
+    src.get_and_reset_dirty()
+    src.write(b"B", 0x5000)
+    data, _ = stream_of(src, resume=True)
+    with pytest.raises(DumpFormatError) as info:
+        mig.receive(io.BytesIO(data))
+    assert info.value.field == "round total"
+    dst = GuestMemoryMmap.from_ranges(LAYOUT)  # the same stream into a destination is fine
+    assert mig.receive(io.BytesIO(data), mem=dst).read_bytes(0x5000, 1) == b"B"
+    empty = mig._header(mig._layout(src), PAGE) + mig._RECORD.pack(mig.END_STREAM, 0, 0, 0, 0)
+    with pytest.raises(DumpFormatError) as info:
+        mig.receive(io.BytesIO(empty))
+    assert info.value.field == "round count"
+    layout = [(0, 2 * PAGE)]
+    twice = handmade(layout, [[(0, b"a" * PAGE, None), (0, b"b" * PAGE, None)]])
+    with pytest.raises(DumpFormatError) as info:  # the right total, but a page sent twice
+        mig.receive(io.BytesIO(twice))
+    assert info.value.field == "record order"
+    whole = handmade(layout, [[(0, b"a" * PAGE, None), (PAGE, b"b" * PAGE, None)]])
+    assert mig.receive(io.BytesIO(whole)).read_bytes(PAGE - 1, 2) == b"ab"
+
+
+def test_no_memory_bomb_from_a_header():
+    import tracemalloc
+
+    head = mig._header(np.array([(0, 1 << 16)], dtype=np.uint64), 8)
+    data = head + mig._RECORD.pack(mig.ROUND, 1, 1 << 16, 0, 0)
+    data += mig._RECORD.pack(mig.DATA, 1, 0, mig.MAX_RECORD, 0) + bytes(64)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DumpFormatError) as info:
+            mig.receive(io.BytesIO(data))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.field == "record length" and peak < 16 << 20
+    huge = mig._header(np.array([(0, 1 << 46)], dtype=np.uint64), PAGE)
+    for kw in ({}, {"max_bytes": PAGE}):
+        with pytest.raises(DumpFormatError) as info:
+            mig.receive(io.BytesIO(huge if not kw else header(layout=((0, 2 * PAGE),))), **kw)
+        assert info.value.field == "total size"
+
+
+def test_a_region_ending_at_2_64_is_a_format_error():
+    with pytest.raises(DumpFormatError) as info:
+        mig.receive(io.BytesIO(header(layout=((2**64 - PAGE, PAGE),)) + bytes(64)))
+    assert info.value.field == "region 0"
