@@ -189,7 +189,9 @@ class Taken:
         if kind is not None and not self._handed:
             _remark(self.mem, self.ranges)
 
-    def hand_over(self, send: Callable[[int, int], Any], tracker: Tracker | None = None) -> int:
+    def hand_over(
+        self, send: Callable[[int, int], Any], tracker: Tracker | None = None, *, first: int = 0
+    ) -> int:
         """Hand the ranges over with :func:`hand_over` (which re-marks what fails).
 
         Parameters
@@ -198,11 +200,14 @@ class Taken:
             As :func:`hand_over`'s.
         tracker : Tracker, optional
             As :func:`hand_over`'s.
+        first : int, optional
+            The ranges before this index already reached the destination another way (a
+            batched copy): they are neither sent nor re-marked.
 
         Returns
         -------
         int
-            Bytes handed over.
+            Bytes handed over by ``send``.
         """
         self._handed = True
-        return hand_over(self.mem, self.ranges, send, tracker)
+        return hand_over(self.mem, self.ranges[first:], send, tracker)

@@ -518,14 +518,12 @@ def copy_dirty(
                 count = int(np.searchsorted(plan.owner, plan.bad))  # pieces of good ranges
                 done = _execute(td, plan, count, 1, tracker)
                 error = plan.error
-                stop = int(ranges[plan.bad, 0]) if error is not None else None
 
-                def send(addr: int, length: int) -> None:
-                    if addr == stop:  # those before it are copied; it and later: dirty again
-                        raise error
+                def refuse(addr: int, length: int) -> None:
+                    raise error  # the bad range: it and every later one are dirty again
 
-                try:
-                    taken.hand_over(send)
+                try:  # the ranges before the bad one were copied by _execute
+                    taken.hand_over(refuse, first=plan.bad)
                 except StreamError as exc:
                     raise StreamError(exc.reason, done, exc.addr, exc.length) from error
         finally:

@@ -128,3 +128,12 @@ def test_remarking_survives_a_shrunk_memory():
     with pytest.raises(StreamError):
         hand_over(smaller, ranges, lambda a, n: (_ for _ in ()).throw(OSError("gone")))
     assert pages_of(smaller.dirty_ranges().tolist()) == {1}
+
+
+def test_taken_ranges_already_moved_in_a_batch_are_skipped():
+    mem, ranges = _taken([1, 9, 33])
+    sent = []
+    with pytest.raises(StreamError) as info, Taken(mem, ranges) as taken:
+        taken.hand_over(lambda a, n: sent.append(a) or (_ for _ in ()).throw(OSError("x")), first=1)
+    assert sent == [9 * PAGE] and info.value.addr == 9 * PAGE
+    assert pages_of(mem.dirty_ranges().tolist()) == {9, 33}  # page 1 went by the batch
