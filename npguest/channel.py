@@ -421,19 +421,49 @@ def recv_ranges(
     done = 0
     try:
         for addr, n, _ in plan:
-            try:
-                mem.read_exact_volatile_from(addr, source, n)
-            except PartialBufferError as exc:  # (the plan has no holes: the stream ended)
-                raise StreamError(
-                    f"the stream ended after {exc.completed} of {n} bytes",
-                    done + exc.completed,
-                    addr,
-                    n,
-                ) from exc
-            except StreamError as exc:
-                raise StreamError(exc.reason, done + exc.completed, addr, n) from exc
-            done += n
+            done += recv_range(mem, addr, n, source, done)
             tracker.advance(n)
     finally:
         tracker.close()
     return done
+
+
+def recv_range(mem: GuestMemoryMmap, addr: int, n: int, source: Any, done: int = 0) -> int:
+    """Fill guest ``[addr, addr + n)``, already known to be backed, from ``source``.
+
+    The step of :func:`recv_ranges` for one chunk, without its validation (for callers that
+    validated the range themselves, as the migration receiver does for every record).
+
+    Parameters
+    ----------
+    mem : GuestMemoryMmap
+        The memory.
+    addr : int
+        First guest address.
+    n : int
+        Bytes to read.
+    source : socket, int fd or binary file object
+        Where the bytes come from.
+    done : int, optional
+        Bytes the caller's operation moved before, reported on failure.
+
+    Returns
+    -------
+    int
+        ``n``.
+
+    Raises
+    ------
+    StreamError
+        The source failed or ended early: names ``[addr, addr + n)``; ``completed``
+        counts ``done`` plus the bytes of this range received.
+    """
+    try:
+        mem.read_exact_volatile_from(addr, source, n)
+    except PartialBufferError as exc:  # (the range has no holes: the stream ended)
+        raise StreamError(
+            f"the stream ended after {exc.completed} of {n} bytes", done + exc.completed, addr, n
+        ) from exc
+    except StreamError as exc:
+        raise StreamError(exc.reason, done + exc.completed, addr, n) from exc
+    return n

@@ -117,7 +117,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .bitmap import _k
-from .channel import _payload, pieces, recv_ranges, write_items
+from .channel import _payload, pieces, recv_range, write_items
 from .errors import BitmapError, DumpFormatError, StreamError
 from .handover import Taken, split_ranges
 from .progress import ProgressCallback, Tracker
@@ -543,9 +543,16 @@ class _Receiver:
             self.sums = np.empty(max(nblocks, 2 * len(self.sums)), dtype="<u8")
         sums = self.sums[:nblocks]
         reader.into(memoryview(sums).cast("B"), f"block checksums of {addr:#x}+{length}")
-        recv_ranges(self.mem, [(addr, length)], self.source)
+        recv_range(self.mem, addr, length, self.source)  # checked above: inside one region
         reader.offset += length
         good = sums == _blocks(piece.array(), self.page)
+        if self.unverified or not good.all():
+            self._account(addr, length, nblocks, good)
+        self.tracker.advance(length)
+        return memoryview(sums).cast("B")
+
+    def _account(self, addr: int, length: int, nblocks: int, good: np.ndarray) -> None:
+        """Record the record's failed blocks; forget failures its good blocks cover whole."""
         offsets = self.page * np.arange(nblocks, dtype=np.int64)
         lengths = np.minimum(length - offsets, self.page).tolist()
         blocks = (addr + offsets.astype(np.uint64)).tolist()
@@ -553,11 +560,8 @@ class _Receiver:
             for i in np.flatnonzero(good).tolist():
                 if lengths[i] >= self.unverified.get(blocks[i], lengths[i] + 1):
                     del self.unverified[blocks[i]]
-        if not good.all():
-            for i in np.flatnonzero(~good).tolist():
-                self.unverified[blocks[i]] = max(lengths[i], self.unverified.get(blocks[i], 0))
-        self.tracker.advance(length)
-        return memoryview(sums).cast("B")
+        for i in np.flatnonzero(~good).tolist():
+            self.unverified[blocks[i]] = max(lengths[i], self.unverified.get(blocks[i], 0))
 
     def run(self, reader: _Reader) -> None:
         rounds = payload = 0
