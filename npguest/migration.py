@@ -55,8 +55,9 @@ least one round (field ``"round count"``), round 1 announcing exactly the header
 bytes (field ``"round total"``), and round 1's DATA records ascending and disjoint (field
 ``"record order"``): round 1 then copies every byte of every region.  A ``resume=True``
 stream fails this; it belongs to the destination of the failed stream.  The header's total
-may not exceed ``max_bytes`` (default ``MAX_BYTES``, 1 TiB; field ``"total size"``), and no
-region may reach past ``2**64 - 1``.
+may not exceed ``max_bytes`` (default ``MAX_BYTES``, 1 TiB; field ``"total size"``), nor its
+pages the number ``max_bytes`` holds in 4 KiB pages (field ``"page size"``: the new memory's
+dirty bitmap costs about a byte per page), and no region may reach past ``2**64 - 1``.
 
 Checksums
 ---------
@@ -145,6 +146,8 @@ MAX_REGIONS = 1 << 16
 MAX_BLOCKS = 1 << 18
 #: Default largest memory :func:`receive` builds from a header (1 TiB).
 MAX_BYTES = 1 << 40
+#: A receiver building a new memory tracks at most ``max_bytes / TRACKING_PAGE`` pages.
+TRACKING_PAGE = 4096
 ROUND, DATA, END_ROUND, END_STREAM = 1, 2, 3, 4
 STREAM = "<migration stream>"
 
@@ -634,7 +637,8 @@ def receive(
     max_bytes : int, optional
         Without ``mem``: the largest total of the header's regions to allocate (default
         :data:`MAX_BYTES`, 1 TiB); a larger header raises :class:`DumpFormatError` (field
-        ``"total size"``) before anything is mapped.
+        ``"total size"``) before anything is mapped, as does one whose pages outnumber
+        those of ``max_bytes`` in 4 KiB pages (field ``"page size"``).
 
     Returns
     -------
@@ -660,6 +664,10 @@ def receive(
     if mem is None and total > max_bytes:
         raise _bad(24, "total size", f"the stream's regions hold {total} bytes, more than "
                    f"max_bytes={max_bytes}")  # fmt: skip
+    if mem is None and -(-total // page) > max_bytes // TRACKING_PAGE:
+        # the new memory's dirty bitmap: about a byte per page, whatever the page size
+        raise _bad(12, "page size", f"{total} bytes in pages of {page} bytes need more dirty "
+                   f"bits than max_bytes={max_bytes} in {TRACKING_PAGE}-byte pages")  # fmt: skip
     if mem is None:
         from .bitmap import AtomicBitmap
         from .guest_memory import GuestMemoryMmap

@@ -480,6 +480,11 @@ def test_no_memory_bomb_from_a_header():
         with pytest.raises(DumpFormatError) as info:
             mig.receive(io.BytesIO(huge if not kw else header(layout=((0, 2 * PAGE),))), **kw)
         assert info.value.field == "total size"
+    # 64 GiB is under max_bytes, but in 8-byte pages its dirty bitmap would take ~8 GiB
+    tiny_pages = mig._header(np.array([(0, 1 << 36)], dtype=np.uint64), 8)
+    with pytest.raises(DumpFormatError) as info:
+        mig.receive(io.BytesIO(tiny_pages))
+    assert info.value.field == "page size" and "dirty bits" in str(info.value)
 
 
 def test_a_region_ending_at_2_64_is_a_format_error():
