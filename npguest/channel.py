@@ -40,6 +40,7 @@ b'across the boundary'
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import socket
@@ -174,9 +175,9 @@ def pieces(mem: GuestMemoryMmap, addr: int, length: int) -> list[Piece]:
     InvalidGuestAddressError
         A byte of the range is not backed (the error names the first such address).
     GuestAddressOverflowError
-        The range ends past ``2**64 - 1``.
+        ``addr`` or ``length`` is negative, or the range ends past ``2**64 - 1``.
     """
-    if addr + length > 1 << 64:
+    if addr < 0 or length < 0 or addr + length > 1 << 64:
         raise GuestAddressOverflowError(addr, length)
     out = []
     while length:
@@ -216,7 +217,7 @@ def _sendfile(sink: socket.socket, span: FileSpan) -> int:
         try:
             n = os.sendfile(sink.fileno(), span.fd, span.offset + sent, span.n - sent)
         except BlockingIOError as exc:
-            wait = -1 if timeout is None else int(timeout * 1000)
+            wait = -1 if timeout is None else min(math.ceil(timeout * 1000), 2**31 - 1)
             if timeout == 0.0 or not poller.poll(wait):
                 raise StreamError(f"sendfile timed out after {timeout} s", sent) from exc
             continue

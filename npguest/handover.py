@@ -208,6 +208,18 @@ class Taken:
         -------
         int
             Bytes handed over by ``send``.
+
+        Raises
+        ------
+        ValueError
+            ``first`` is not in ``[0, len(ranges)]`` (nothing is handed over; the ranges
+            stay held).
         """
+        if (
+            isinstance(first, bool)
+            or not isinstance(first, int)
+            or not 0 <= first <= len(self.ranges)
+        ):
+            raise ValueError(f"first must be an index in [0, {len(self.ranges)}], not {first!r}")
         self._handed = True
         return hand_over(self.mem, self.ranges[first:], send, tracker)

@@ -405,22 +405,20 @@ def send(
     sender = _Sender(mem, sink, page, tracker)
     t0 = time.perf_counter()
     try:
-        write_items(sink, [_header(layout, page)])
-        if not tracked:
-            if pause is not None:
-                pause()
-            paused = time.perf_counter()
-            with Taken(mem, layout) as taken:
-                sender.round(1, taken)
-        else:
-            # Every round's ranges are taken from the bitmaps before any byte is read, and
-            # held by a Taken until hand_over takes charge: whatever fails in between (a
-            # progress callback, planning) marks them dirty again, so no page is lost.  A
-            # full round 1 holds the whole layout: if it fails, every page not handed over
-            # is dirty, and ``resume=True`` sends exactly what the destination misses.
-            ranges = mem.get_and_reset_dirty()
-            with Taken(mem, ranges if resume else layout) as taken:
-                sender.round(1, taken)
+        if not tracked and pause is not None:
+            pause()  # untracked: one round, with the guest paused throughout
+        paused = time.perf_counter()
+        # Every round's ranges are taken from the bitmaps before any byte is read, and held
+        # by a Taken until hand_over takes charge: whatever fails in between (the header, a
+        # progress callback, planning) marks them dirty again, so no page is lost.  A full
+        # round 1 holds the whole layout from before the header: if the stream fails
+        # anywhere in it, every page not handed over is dirty, and ``resume=True`` sends
+        # exactly what the destination misses.
+        ranges = mem.get_and_reset_dirty() if tracked else layout
+        with Taken(mem, ranges if resume else layout) as taken:
+            write_items(sink, [_header(layout, page)])
+            sender.round(1, taken)
+        if tracked:
             number = 1
             while number < max_rounds and _pages(mem.dirty_ranges(), page) > min_dirty:
                 number += 1

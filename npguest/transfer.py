@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import itertools
 import os
@@ -536,7 +537,11 @@ def copy_dirty(
 # -- files -------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _opened(file: File, write: bool) -> Iterator[tuple[int, str]]:
-    """Yield ``(fd, name)`` for a path (opened here), an fd or a file object."""
+    """Yield ``(fd, name)`` for a path (opened here), an fd or a file object.
+
+    For writing, the fd must be open for writing and not in append mode (snapshots write
+    at file offsets, which ``O_APPEND`` ignores): checked before anything is written.
+    """
     if isinstance(file, str | os.PathLike):
         path = os.fspath(file)
         flags = os.O_RDWR | os.O_CREAT if write else os.O_RDONLY
@@ -550,20 +555,37 @@ def _opened(file: File, write: bool) -> Iterator[tuple[int, str]]:
             os.close(fd)
         return
     if isinstance(file, int) and not isinstance(file, bool):
-        yield file, f"fd {file}"
-        return
-    if isinstance(file, io.TextIOBase):
+        fd, name = file, f"fd {file}"
+    elif isinstance(file, io.TextIOBase):
         raise TypeError("snapshot files must be binary (open them with 'rb'/'r+b'), not text")
+    else:
+        try:
+            if write and hasattr(file, "flush"):
+                file.flush()
+            fd = file.fileno()
+        except (AttributeError, OSError, ValueError):
+            raise TypeError(
+                f"{type(file).__name__} has no file descriptor: pass a path, an fd or a real file"
+            ) from None
+        name = getattr(file, "name", None)
+        name = name if isinstance(name, str) else f"fd {fd}"
+    if write:
+        _check_writable(fd, name)
+    yield fd, name
+
+
+def _check_writable(fd: int, name: str) -> None:
+    """Raise StreamError unless ``fd`` takes writes at offsets (writable, not O_APPEND)."""
     try:
-        if write and hasattr(file, "flush"):
-            file.flush()
-        fd = file.fileno()
-    except (AttributeError, OSError, ValueError):
-        raise TypeError(
-            f"{type(file).__name__} has no file descriptor: pass a path, an fd or a real file"
-        ) from None
-    name = getattr(file, "name", None)
-    yield fd, name if isinstance(name, str) else f"fd {fd}"
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError as exc:
+        raise StreamError(f"cannot use {name}: {exc}") from exc
+    if flags & os.O_ACCMODE == os.O_RDONLY:
+        raise StreamError(f"{name} is open read-only: a snapshot cannot be written to it")
+    if flags & os.O_APPEND:
+        raise StreamError(
+            f"{name} is open for appending, which ignores file offsets: open it with 'r+b'"
+        )
 
 
 def _pio(fd: int, view: memoryview, pos: int, write: bool) -> None:
@@ -680,9 +702,11 @@ def save(mem: GuestMemoryMmap, file: File, *, sparse: bool = False,
          progress: Progress = None) -> int:  # fmt: skip
     """Write a full snapshot of ``mem`` in the Firecracker layout.
 
-    The file is sized to the layout first (an existing file is overwritten in place), then
-    each region is written straight from its mapping with ``os.pwritev``, in chunks.  The
-    dirty bitmaps are not touched: to start a chain of diffs at this snapshot, take them
+    The file is sized to the layout first (an existing file is overwritten in place, so an
+    interrupted save leaves a mix of old and new bytes: save to a new name and
+    ``os.replace`` it where a snapshot must never be half-written), then each region is
+    written straight from its mapping with ``os.pwritev``, in chunks.  The dirty bitmaps
+    are not touched: to start a chain of diffs at this snapshot, take them
     (``mem.get_and_reset_dirty()``) just *before* saving, so a write racing with the save
     goes in the first diff.
 

@@ -260,6 +260,9 @@ def test_bad_arguments():
     assert ch.send_ranges(mem, [], io.BytesIO()) == 0
     with pytest.raises(OverflowError):
         ch.pieces(mem, 2**64 - 1, 2)
+    for addr, length in ((-8, 4), (0x100, -0x50)):
+        with pytest.raises(GuestAddressOverflowError):
+            ch.pieces(mem, addr, length)
 
 
 @pytest.mark.parametrize(

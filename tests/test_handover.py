@@ -137,3 +137,11 @@ def test_taken_ranges_already_moved_in_a_batch_are_skipped():
         taken.hand_over(lambda a, n: sent.append(a) or (_ for _ in ()).throw(OSError("x")), first=1)
     assert sent == [9 * PAGE] and info.value.addr == 9 * PAGE
     assert pages_of(mem.dirty_ranges().tolist()) == {9, 33}  # page 1 went by the batch
+
+
+@pytest.mark.parametrize("first", [-1, 4, 1.0, True])
+def test_taken_first_must_be_an_index(first):
+    mem, ranges = _taken([1, 9, 33])
+    with pytest.raises(ValueError, match="first must be an index"), Taken(mem, ranges) as taken:
+        taken.hand_over(lambda a, n: None, first=first)
+    assert pages_of(mem.dirty_ranges().tolist()) == {1, 9, 33}  # still held: all re-marked

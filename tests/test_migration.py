@@ -491,3 +491,18 @@ def test_a_region_ending_at_2_64_is_a_format_error():
     with pytest.raises(DumpFormatError) as info:
         mig.receive(io.BytesIO(header(layout=((2**64 - PAGE, PAGE),)) + bytes(64)))
     assert info.value.field == "region 0"
+
+
+@pytest.mark.parametrize("budget", [0, 20])
+def test_a_stream_failing_in_its_header_leaves_the_whole_layout_for_resume(budget):
+    """Round 1 holds the layout from before the header: a resume then sends every page."""
+    src = source(1)
+    src.get_and_reset_dirty()  # as right after a base snapshot elsewhere
+    src.write(b"B", 0x5000)
+    with pytest.raises(StreamError):
+        mig.send(src, ShortWriter(budget=budget))
+    assert src.dirty_pages().size == sum(-(-n // PAGE) for _, n in LAYOUT)  # every page
+    dst = GuestMemoryMmap.from_ranges(LAYOUT, bitmap=AtomicBitmap)
+    data, _ = stream_of(src, resume=True)
+    mig.receive(io.BytesIO(data), mem=dst)
+    assert image(dst) == image(src)

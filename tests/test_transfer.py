@@ -659,3 +659,22 @@ def test_a_snapshot_is_never_written_into_a_file_backing_the_memory(tmp_path, ho
     assert path.read_bytes()[PAGE : PAGE + 10] == b"guest data"
     assert mem.dirty_ranges().tolist() == [[PAGE, PAGE]]
     mem.close()
+
+
+@pytest.mark.parametrize("mode", ["ab", "rb"])
+def test_files_that_ignore_offsets_or_refuse_writes_are_refused_first(tmp_path, mode):
+    """O_APPEND ignores file offsets and O_RDONLY refuses writes: refused before a bit goes."""
+    mem, _ = filled(LAYOUTS[1], 21, bitmap=AtomicBitmap)
+    path = tmp_path / "diff"
+    transfer.save_diff(mem, path)  # a first diff, with its index
+    index = path.with_name(path.name + transfer.INDEX_SUFFIX)
+    before = (path.read_bytes(), index.read_bytes())
+    mem.write(b"C", 0x1000)
+    dirty = mem.dirty_ranges().tolist()
+    for call in (transfer.save_diff, transfer.save):
+        with open(path, mode) as f, pytest.raises(StreamError, match=r"append|read-only"):
+            call(mem, f)
+        with open(path, mode) as f, pytest.raises(StreamError, match=r"append|read-only"):
+            call(mem, f.fileno())
+    assert mem.dirty_ranges().tolist() == dirty  # nothing taken
+    assert (path.read_bytes(), index.read_bytes()) == before  # nothing touched
