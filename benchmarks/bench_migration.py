@@ -53,7 +53,7 @@ class SocketTransfer(Paired):
         "send_ranges": ("send_ranges", "sendall"),
         "migration": ("migration", "sendall"),
     }
-    ratio_repeats = 6
+    ratio_repeats = 10
     timeout = 900
 
     def setup(self):
