@@ -11,7 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .address import U64_MAX, address_array
-from .errors import InvalidGuestAddressError, MmapRegionError, ReadOnlyMemoryError
+from .errors import (
+    GuestAddressOverflowError,
+    InvalidGuestAddressError,
+    MmapRegionError,
+    ReadOnlyMemoryError,
+)
 
 if TYPE_CHECKING:
     from .region import RegionTable
@@ -20,6 +25,7 @@ __all__ = [
     "CHUNK",
     "batch_addresses",
     "first_unbacked",
+    "guest_ranges",
     "located",
     "open_regions",
     "region_indices",
@@ -254,3 +260,57 @@ def writable_targets(table: RegionTable, addrs: np.ndarray, size: int) -> None:
     bad = np.flatnonzero(before[last + 1] - before[first] > 0)
     if bad.size:
         raise ReadOnlyMemoryError(int(addrs[bad[0]]))
+
+
+def guest_ranges(ranges: object) -> np.ndarray:
+    """Parse ``(n, 2)`` integer ``(start, length)`` guest ranges exactly (no float, no wrap).
+
+    Parameters
+    ----------
+    ranges : array_like
+        ``(start, length)`` rows: an integer array, or a list of Python ints (which may
+        exceed int64: they are checked as ints, never rounded through float).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n, 2)`` ``uint64`` ranges (empty ranges kept).
+
+    Raises
+    ------
+    ValueError
+        ``ranges`` is not ``(n, 2)``.
+    TypeError
+        A field is not an integer.
+    GuestAddressOverflowError
+        A field is negative, or a range ends past ``2**64``.
+    """
+    arr = np.asarray(ranges)
+    if arr.size == 0:
+        return np.empty((0, 2), dtype=np.uint64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"ranges must be an (n, 2) array of (start, length), not {arr.shape}")
+    if arr.dtype.kind in "fO" and not isinstance(ranges, np.ndarray):
+        # a list of Python ints past int64 (e.g. 2**64 - 1) comes out float or object:
+        # look at the ints themselves, so nothing is rounded
+        values = np.asarray(ranges, dtype=object).reshape(-1)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise TypeError(f"ranges must be (n, 2) integers, not {type(v).__name__} {v!r}")
+        rows = [(int(a), int(n)) for a, n in values.reshape(-1, 2).tolist()]
+        for addr, length in rows:
+            if addr < 0 or length < 0 or max(addr, length) >= 1 << 64 or addr + length > 1 << 64:
+                raise GuestAddressOverflowError(addr, length)
+        return np.array(rows, dtype=np.uint64).reshape(-1, 2)
+    if arr.dtype.kind not in "ui":
+        raise TypeError(f"ranges must be an (n, 2) integer array, not {arr.dtype}")
+    if arr.dtype.kind == "i" and (arr < 0).any():
+        k = int(np.argmax((arr < 0).any(axis=1)))
+        raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
+    arr = arr.astype(np.uint64)
+    # addr + length > 2**64, without wrapping: length - 1 > 2**64 - 1 - addr
+    wraps = (arr[:, 1] > 0) & (arr[:, 1] - np.uint64(1) > np.uint64(U64_MAX) - arr[:, 0])
+    if wraps.any():
+        k = int(np.argmax(wraps))
+        raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
+    return arr

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from ._checks import guest_ranges
 from .errors import (
     GuestAddressOverflowError,
     InvalidGuestAddressError,
@@ -89,44 +90,6 @@ class FileSpan(NamedTuple):
     fd: int
     offset: int
     n: int
-
-
-_U64_MAX = np.uint64(2**64 - 1)
-
-
-def _ranges(ranges: Any) -> np.ndarray:
-    """Parse ``(n, 2)`` integer ``(start, length)`` ranges, exactly (no float, no wrap)."""
-    arr = np.asarray(ranges)
-    if arr.size == 0:
-        return np.empty((0, 2), dtype=np.uint64)
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise ValueError(f"ranges must be an (n, 2) array of (start, length), not {arr.shape}")
-    if arr.dtype.kind in "fO" and not isinstance(ranges, np.ndarray):
-        # a list of Python ints past int64 (e.g. 2**64 - 1) comes out float or object:
-        # look at the ints themselves, so nothing is rounded
-        values = np.asarray(ranges, dtype=object).reshape(-1)
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, int | np.integer):
-                raise TypeError(f"ranges must be integers, not {type(v).__name__} {v!r}")
-        rows = [(int(a), int(n)) for a, n in values.reshape(-1, 2).tolist()]
-        for addr, length in rows:
-            if addr < 0 or length < 0:
-                raise GuestAddressOverflowError(addr, length)
-            if max(addr, length) >= 1 << 64 or addr + length > 1 << 64:
-                raise GuestAddressOverflowError(addr, length)
-        return np.array(rows, dtype=np.uint64).reshape(-1, 2)
-    if arr.dtype.kind not in "ui":
-        raise TypeError(f"ranges must be an integer array of (start, length), not {arr.dtype}")
-    if arr.dtype.kind == "i" and (arr < 0).any():
-        k = int(np.argmax((arr < 0).any(axis=1)))
-        raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
-    arr = arr.astype(np.uint64)
-    # addr + length > 2**64, without wrapping: length - 1 > 2**64 - 1 - addr
-    wraps = (arr[:, 1] > 0) & (arr[:, 1] - np.uint64(1) > _U64_MAX - arr[:, 0])
-    if wraps.any():
-        k = int(np.argmax(wraps))
-        raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
-    return arr
 
 
 def _check_backed(mem: GuestMemoryMmap, ranges: np.ndarray) -> None:
@@ -309,7 +272,7 @@ def _planned(mem: GuestMemoryMmap, ranges: Any) -> list[tuple[int, int, list[Pie
 
     Everything is checked before a range is split, so a huge or wrapping range costs nothing.
     """
-    arr = _ranges(ranges)
+    arr = guest_ranges(ranges)
     _check_backed(mem, arr)
     chunks = split_ranges(arr, CHUNK).tolist()
     return [(addr, n, pieces(mem, addr, n)) for addr, n in chunks]

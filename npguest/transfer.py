@@ -60,13 +60,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ._checks import open_regions
+from ._checks import guest_ranges, open_regions
 from .access import Bytes
 from .bitmap import mark_many
 from .errors import (
     BitmapError,
     DumpFormatError,
-    GuestAddressOverflowError,
     InvalidGuestAddressError,
     ReadOnlyMemoryError,
     StreamError,
@@ -182,24 +181,8 @@ def _file_offsets(lay: np.ndarray, addrs: np.ndarray) -> np.ndarray:
 # -- ranges ------------------------------------------------------------------------------
 def _as_ranges(ranges: Any) -> np.ndarray:
     """Validate ``(n, 2)`` ``(start, length)`` guest ranges; drop empty ones."""
-    arr = np.asarray(ranges)
-    if arr.size == 0:
-        return _NO_RANGES
-    if arr.dtype.kind not in "ui" or arr.ndim != 2 or arr.shape[1] != 2:
-        raise TypeError(
-            f"ranges must be an (n, 2) integer array of (start, length), "
-            f"not {arr.dtype} of shape {arr.shape}"
-        )
-    if arr.dtype.kind == "i" and (arr < 0).any():
-        k, j = np.argwhere(arr < 0)[0]
-        raise GuestAddressOverflowError(int(arr[k, j]), 0, "address" if j == 0 else "length")
-    arr = arr.astype(_U64)
-    arr = arr[arr[:, 1] > 0]
-    wraps = arr[:, 0] + arr[:, 1] < arr[:, 0]
-    if wraps.any():
-        k = int(np.argmax(wraps))
-        raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
-    return arr
+    arr = guest_ranges(ranges)
+    return arr[arr[:, 1] > 0]
 
 
 def _intersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -406,9 +389,9 @@ def copy(
     GuestAddressOverflowError
         A range passes ``2**64 - 1`` or has a negative field.
     TypeError
-        ``ranges`` is not an ``(n, 2)`` integer array, or a memory is not a guest memory.
+        ``ranges`` holds non-integers, or a memory is not a guest memory.
     ValueError
-        ``threads`` is not positive.
+        ``ranges`` is not ``(n, 2)``, or ``threads`` is not positive.
 
     Examples
     --------
