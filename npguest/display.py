@@ -68,30 +68,37 @@ def _e(value: object) -> str:
 
 
 # -- hexdumps -----------------------------------------------------------------------------
-def _spans(obj: Any) -> list[tuple[int, int, Reader]]:
-    """Return the backed ``[start, end)`` spans of ``obj`` with a reader of each."""
+def _spans(obj: Any, addr: int, n: int) -> list[tuple[int, int, Reader]]:
+    """Return the backed ``[start, end)`` spans of ``obj`` with a reader of each.
+
+    The spans include at least those ``[addr, addr + n)`` meets, in ascending order.
+    """
     if isinstance(obj, GuestMemoryMmap):
         return [(s, e, obj.read_slice) for s, e in backed_runs(obj)]
     if isinstance(obj, GuestRegionMmap):
         base = int(obj.start_addr())
-        return [(base, base + obj.len(), lambda buf, a: obj.read_slice(buf, a - base))]
-    if isinstance(obj, VolatileSlice):
-        return [(0, obj.len(), obj.read_slice)]
-    raise TypeError(
-        f"mem must be a GuestMemoryMmap, GuestRegionMmap or VolatileSlice, got {type(obj).__name__}"
-    )
+        lo, hi = max(addr, base), min(addr + n, base + obj.len())
+        spans = obj._backed_spans(lo - base, hi - lo) if lo < hi else []  # (a dump's region
+        return [  # may leave pages out)
+            (base + s, base + e, lambda buf, a: obj.read_slice(buf, a - base)) for s, e in spans
+        ]
+    return [(0, obj.len(), obj.read_slice)]  # a VolatileSlice
 
 
 def _masked(obj: Any, addr: Any, n: Any) -> tuple[int, np.ndarray]:
     """Read ``n`` bytes at ``addr``: return the address and the bytes (256 = a hole)."""
-    spans = _spans(obj)
+    if not isinstance(obj, GuestMemoryMmap | GuestRegionMmap | VolatileSlice):
+        raise TypeError(
+            "mem must be a GuestMemoryMmap, GuestRegionMmap or VolatileSlice, "
+            f"got {type(obj).__name__}"
+        )
     addr, n = _u64(addr, "addr"), _u64(n, "n")
     if n > MAX_HEXDUMP:
         raise ValueError(f"n must be at most {MAX_HEXDUMP} bytes, got {n}")
     if addr + n - 1 > U64_MAX:
         raise GuestAddressOverflowError(addr, n)
     values = np.full(n, 256, dtype=np.int16)
-    for s, e, read in spans:
+    for s, e, read in _spans(obj, addr, n):
         if s >= addr + n:  # (spans ascend)
             break
         lo, hi = max(s, addr), min(e, addr + n)

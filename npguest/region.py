@@ -244,6 +244,14 @@ class GuestRegionMmap(_Contiguous):
         """
         return GuestAddress(self._start)
 
+    def _backed_spans(self, offset: int, count: int) -> list[tuple[int, int]]:
+        """Return the ``[start, end)`` region offsets in ``[offset, offset + count)`` it backs.
+
+        Every byte of a mapped region is backed; a dump's region may leave pages out.
+        """
+        end = min(offset + count, self._len)
+        return [(offset, end)] if offset < end else []
+
     def last_addr(self) -> GuestAddress:
         """Return the guest address of the last byte (inclusive).
 

@@ -120,6 +120,19 @@ def test_hexdump_of_regions_slices_and_dumps(tmp_path):
         assert dp.hexdump(dump, 0, 16).split()[9:13] == ["--"] * 4
 
 
+def test_hexdump_of_a_kdump_region_shows_its_excluded_pages_as_holes(tmp_path):
+    regions = list(GuestMemoryMmap.from_ranges([(0, 6 * PAGE)]).iter())
+    regions[0].write_slice(np.random.default_rng(2).bytes(6 * PAGE), 0)
+    with DumpMemory(regions, DumpMetadata("t", "", excluded=((PAGE, 2 * PAGE),))) as src:
+        write_kdump(src, tmp_path / "k")
+    with open_kdump(tmp_path / "k") as dump:
+        (region,) = dump.iter()
+        for addr, n in [(PAGE - 8, 16), (0, 6 * PAGE), (3 * PAGE - 1, 2), (2 * PAGE, 8)]:
+            assert dp.hexdump(region, addr, n) == dp.hexdump(dump, addr, n)
+        assert dp.hexdump(region, PAGE - 8, 16).count("--") == 8
+        del region
+
+
 def test_hexdump_bad_arguments():
     mem = GuestMemoryMmap.from_ranges([(0, PAGE)])
     with mem:

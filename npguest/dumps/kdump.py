@@ -1266,6 +1266,19 @@ class KdumpRegion(_KdumpBytes, GuestRegionMmap):
             raise self._hole(addr)
         return gpa, n
 
+    def _backed_spans(self, offset: int, count: int) -> list[tuple[int, int]]:
+        store, spans = self._store, []
+        pos, end = offset, min(offset + count, self._len)
+        while pos < end:
+            gpa = self._start + pos
+            run = store.valid_bytes(gpa, end - pos)
+            if run:
+                spans.append((pos, pos + run))
+                pos += run
+            else:  # skip the excluded page
+                pos = min(end, (((gpa >> store.shift) + 1) << store.shift) - self._start)
+        return spans
+
     def _stream_span(self, addr: int, count: int, exact: bool) -> tuple[int, int]:
         if self._mapping._closed:
             raise self._oob(addr)
