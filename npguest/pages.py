@@ -322,13 +322,18 @@ def _read_pages(
 ) -> np.ndarray:
     """Read the backed pages at ``addrs`` as rows, their unbacked bytes as zeros.
 
-    ``runs`` is ``backed_runs(mem)``: a page partly backed (at most two per run) is read
-    piece by piece from the runs it meets.
+    ``runs`` is ``backed_runs(mem)`` (less a dump's excluded ranges): a page not inside
+    one run is read piece by piece from the runs it meets.
     """
-    rows, whole = mem.read_objs(addrs, f"V{page_size}", holes="mask")
+    rows, _ = mem.read_objs(addrs, f"V{page_size}", holes="mask")
     rows = rows.view(np.uint8).reshape(addrs.shape[0], page_size)
     ends = [e for _, e in runs]
-    for i in np.flatnonzero(~whole).tolist():
+    starts = np.array([s for s, _ in runs] or [0], dtype=np.uint64)
+    lasts = np.array([e - 1 for e in ends] or [0], dtype=np.uint64)  # (an end may be 2**64)
+    run = np.searchsorted(starts, addrs, side="right") - 1
+    inside = (run >= 0) & (addrs + np.uint64(page_size - 1) <= lasts[np.maximum(run, 0)])
+    for i in np.flatnonzero(~inside).tolist():
+        rows[i] = 0
         first = int(addrs[i])
         j = bisect_right(ends, first)  # the first run ending past the page's start
         while j < len(runs) and runs[j][0] < first + page_size:

@@ -171,6 +171,18 @@ def test_duplicates_of_partly_backed_pages():
         assert addrs.tolist() == [0, 2 * PAGE] and groups.tolist() == [0, 0]
 
 
+def test_duplicates_read_a_dumps_excluded_bytes_as_zeros():
+    """A page that an excluded range cuts into equals a zero page, whatever its stale bytes."""
+    regions = list(GuestMemoryMmap.from_ranges([(0, 6 * PAGE)]).iter())
+    regions[0].write_slice(b"\xaa" * PAGE, PAGE)  # excluded below: reads as zeros
+    regions[0].write_slice(b"\xbb" * 8, 4 * PAGE + 8)  # not excluded: a page of its own
+    meta = DumpMetadata("t", "", excluded=((PAGE, PAGE), (4 * PAGE, 8)))
+    with DumpMemory(regions, meta) as dump:
+        addrs, groups = pg.duplicate_pages(dump, 2 * PAGE)
+        assert addrs.tolist() == [0, 2 * PAGE] and groups.tolist() == [0, 0]
+        assert pg.page_map(dump, 2 * PAGE)[1].tolist() == [True, True, False]
+
+
 @settings(max_examples=50, deadline=None)
 @given(
     layout_a=layouts,
