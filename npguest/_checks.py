@@ -19,12 +19,14 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .guest_memory import GuestMemoryMmap
     from .region import RegionTable
 
 __all__ = [
     "CHUNK",
     "batch_addresses",
     "first_unbacked",
+    "guest_memory",
     "guest_ranges",
     "located",
     "open_regions",
@@ -314,3 +316,18 @@ def guest_ranges(ranges: object) -> np.ndarray:
         k = int(np.argmax(wraps))
         raise GuestAddressOverflowError(int(arr[k, 0]), int(arr[k, 1]))
     return arr
+
+
+def guest_memory(mem: object, name: str = "mem") -> GuestMemoryMmap:
+    """Return ``mem`` if it is a guest memory (a dump's included), else raise naming ``name``.
+
+    Raises
+    ------
+    TypeError
+        ``mem`` is not a :class:`~npguest.GuestMemoryMmap`.
+    """
+    from .guest_memory import GuestMemoryMmap  # (guest_memory imports this module)
+
+    if not isinstance(mem, GuestMemoryMmap):
+        raise TypeError(f"{name} must be a GuestMemoryMmap or a dump, not {type(mem).__name__}")
+    return mem

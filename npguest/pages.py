@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._checks import guest_memory
 from .guest_memory import GuestMemoryMmap
 from .walk import CHUNK, backed_runs, iter_chunks
 
@@ -60,11 +61,6 @@ def _check_page_size(page_size: Any) -> int:
     if not 8 <= size <= MAX_PAGE_SIZE or size & (size - 1):
         raise ValueError(f"page_size must be a power of two from 8 to 2**30, got {size}")
     return size
-
-
-def _check_memory(mem: Any, name: str = "mem") -> None:
-    if not isinstance(mem, GuestMemoryMmap):
-        raise TypeError(f"{name} must be a GuestMemoryMmap or a dump, got {type(mem).__name__}")
 
 
 # -- walking whole pages ------------------------------------------------------------------
@@ -126,7 +122,7 @@ def _per_page(
     mem: Any, page_size: Any, dtype: type, fill: Callable[[np.ndarray, int, np.ndarray], None]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``fill(data, page_size, out)`` over every block of pages; return addrs and values."""
-    _check_memory(mem)
+    guest_memory(mem)
     page_size = _check_page_size(page_size)
     addrs, values = [], []
     for addr, data in _page_blocks(mem, page_size):
@@ -516,8 +512,8 @@ def diff(mem_a: GuestMemoryMmap, mem_b: GuestMemoryMmap, page_size: int = 4096) 
     >>> [[(hex(s), hex(n)) for s, n in r.tolist()] for r in diff(a, b)]
     [[('0x2000', '0x2000')], [('0x0', '0x1000')], [('0x4000', '0x1000')]]
     """
-    _check_memory(mem_a, "mem_a")
-    _check_memory(mem_b, "mem_b")
+    guest_memory(mem_a, "mem_a")
+    guest_memory(mem_b, "mem_b")
     page_size = _check_page_size(page_size)
     walk_a, walk_b = _page_blocks(mem_a, page_size), _page_blocks(mem_b, page_size)
     xa, xb = next(walk_a, None), next(walk_b, None)

@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .walk import CHUNK, Chunk, iter_chunks
+from ._checks import guest_memory
+from .walk import CHUNK, Chunk, backed_runs, iter_chunks
 
 __all__ = ["find", "find_many", "find_regex", "find_values", "strings", "yara_scan"]
 
@@ -45,6 +46,7 @@ _BYTE_RANK[0x00] = 64.0
 _LANES = 4  # distinct key bytes per group of find_many's filter (the kernel's _SCAN_LANES)
 _ENCODINGS = {"ascii": (1,), "utf-16le": (2,), "both": (1, 2)}
 _EMPTY = np.empty(0, dtype=np.uint64)
+_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _k() -> ModuleType:
@@ -80,7 +82,7 @@ def _pattern(value: Any, name: str) -> bytes:
 
 
 def _limit(limit: int | None) -> int:
-    return np.iinfo(np.int64).max if limit is None else _count(limit, "limit", 0)
+    return _INT64_MAX if limit is None else _count(limit, "limit", 0)
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
@@ -127,12 +129,14 @@ def find(mem: Any, pattern: bytes, *, limit: int | None = None, chunk: int = CHU
     >>> find(mem, b"EL").tolist(), find(mem, b"EL", limit=1).tolist()
     ([8191, 12286], [8191])
     """
+    guest_memory(mem)
     pat = np.frombuffer(_pattern(pattern, "pattern"), dtype=np.uint8)
     remaining = _limit(limit)
     chunk = _count(chunk, "chunk", 1)
     rarest = np.argsort(_BYTE_RANK[pat], kind="stable")
     i1, i2 = int(rarest[0]), int(rarest[min(1, pat.size - 1)])
-    out = np.empty(min(remaining, chunk), dtype=np.int64)  # a chunk's matches (pages: lazy)
+    largest = max((e - s for s, e in backed_runs(mem)), default=0)
+    out = np.empty(min(remaining, chunk, largest), dtype=np.int64)  # a chunk's matches
     parts = []
     for c in iter_chunks(mem, chunk, overlap=pat.size - 1):
         if remaining == 0:
@@ -249,6 +253,7 @@ def find_many(
     >>> [hex(a) for a in addrs], index.tolist()
     (['0xffe', '0xfff', '0x1002'], [1, 2, 0])
     """
+    guest_memory(mem)
     if isinstance(patterns, (bytes, bytearray, memoryview, str)):
         raise TypeError("patterns must be a sequence of bytes patterns, not one pattern")
     pats = [_pattern(p, f"patterns[{i}]") for i, p in enumerate(patterns)]
@@ -356,6 +361,7 @@ def find_values(
     >>> find_values(mem, [0x1234], "<u2", align=1)[0].tolist()
     [4092]
     """
+    guest_memory(mem)
     dt = _int_dtype(dtype)
     ranged = lo is not None or hi is not None
     if (values is None) == (not ranged):
@@ -380,12 +386,13 @@ def find_values(
         )
         if count <= 0:
             continue
-        view = np.ndarray((count,), dt, buffer=c.data, offset=first, strides=(align,))
+        step = align if count > 1 else dt.itemsize  # (an align past the data is no stride)
+        view = np.ndarray((count,), dt, buffer=c.data, offset=first, strides=(step,))
         if ranged:
             hit = np.flatnonzero((view >= bounds[0]) & (view <= bounds[1]))
         else:
             hit = np.flatnonzero(np.isin(view, wanted))
-        addrs.append(np.uint64(c.addr + first) + hit.astype(np.uint64) * np.uint64(align))
+        addrs.append(np.uint64(c.addr + first) + hit.astype(np.uint64) * np.uint64(step))
         found.append(view[hit].astype(native))
     return _join(addrs), np.concatenate(found) if found else np.empty(0, dtype=native)
 
@@ -462,6 +469,7 @@ def find_regex(
     >>> [hex(a) for a in addrs], matches
     (['0xffa', '0x1001'], [b'id=42', b'ID=7'])
     """
+    guest_memory(mem)
     pattern = _regex(regex, flags)
     max_len = _count(max_len, "max_len", 1)
     chunk = _count(chunk, "chunk", 1)
@@ -498,7 +506,8 @@ def yara_scan(
     condition sees the chunk, not the memory, so conditions on ``filesize``, on offsets or
     on strings further apart than ``max_len`` see chunks.  Every string instance of a
     matching rule is reported once, at its guest address; a rule matching without string
-    instances has no address and is not reported.
+    instances has no address and is not reported.  (yara keeps at most 1,000,000
+    instances of a string per match: a chunk that reaches that is matched again in halves.)
 
     Parameters
     ----------
@@ -528,6 +537,7 @@ def yara_scan(
     ValueError
         The source does not compile, or ``max_len`` or ``chunk`` is not positive.
     """
+    guest_memory(mem)
     yara = _yara()
     if isinstance(rules, str):
         try:
@@ -540,13 +550,37 @@ def yara_scan(
     chunk = _count(chunk, "chunk", 1)
     hits: set[tuple[int, str]] = set()
     for c in iter_chunks(mem, chunk, overlap=max_len):
-        for match in rules.match(data=c.data.tobytes()):
-            for s in match.strings:
-                hits.update(
-                    (c.addr + i.offset, match.rule) for i in s.instances if i.offset < c.owned
-                )
+        _yara_match(yara, rules, c, max_len, hits)
     ordered = sorted(hits)
     return np.array([a for a, _ in ordered], dtype=np.uint64), [r for _, r in ordered]
+
+
+def _yara_match(
+    yara: ModuleType, rules: Any, c: Chunk, overlap: int, hits: set[tuple[int, str]]
+) -> None:
+    """Add the ``(address, rule)`` of the instances starting in ``c``'s owned bytes.
+
+    yara records at most 1,000,000 instances of a string per scan (and then warns): where
+    it did, the owned bytes are matched again in two halves, each with ``overlap`` bytes
+    more where ``c`` has them.
+    """
+    truncated = False
+
+    def warned(kind: int, _: Any) -> int:
+        nonlocal truncated
+        truncated |= kind == yara.CALLBACK_TOO_MANY_MATCHES
+        return yara.CALLBACK_CONTINUE
+
+    matches = rules.match(data=c.data.tobytes(), warnings_callback=warned)
+    if truncated and c.owned > 1:
+        half = c.owned // 2
+        _yara_match(yara, rules, Chunk(c.addr, c.data[: half + overlap], half), overlap, hits)
+        right = Chunk(c.addr + half, c.data[half:], c.owned - half)
+        _yara_match(yara, rules, right, overlap, hits)
+        return
+    for match in matches:
+        for s in match.strings:
+            hits.update((c.addr + i.offset, match.rule) for i in s.instances if i.offset < c.owned)
 
 
 # -- strings ------------------------------------------------------------------------------
@@ -646,15 +680,17 @@ def strings(
     >>> [hex(a) for a in addrs], texts
     (['0x11', '0x19'], ['kernel', 'win'])
     """
+    guest_memory(mem)
     if encoding not in _ENCODINGS:
         raise ValueError(f"encoding must be one of {sorted(_ENCODINGS)}: {encoding!r}")
     min_len = _count(min_len, "min_len", 1)
+    shortest = min(min_len, _INT64_MAX)  # (the kernel's int; no run is that long)
     chunk = _count(chunk, "chunk", 1)
     runs = [_Runs(w, min_len) for w in _ENCODINGS[encoding]]
     end = None
     for c in iter_chunks(mem, chunk, overlap=1):  # a UTF-16 character's zero byte
         for r in runs:
-            starts, counts = _k().printable_runs(c.data, c.owned, r.width, min_len)
+            starts, counts = _k().printable_runs(c.data, c.owned, r.width, shortest)
             r.feed(c, starts, counts, c.addr == end)
         end = c.addr + c.owned
     for r in runs:

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ._checks import guest_ranges, open_regions
+from ._checks import guest_memory, guest_ranges, open_regions
 from .access import Bytes
 from .bitmap import mark_many
 from .errors import (
@@ -114,12 +114,6 @@ def _kernels() -> Any:
     return _kernels
 
 
-def _check_memory(mem: Any, name: str) -> GuestMemoryMmap:
-    if not isinstance(mem, GuestMemoryMmap):
-        raise TypeError(f"{name} must be a GuestMemoryMmap, not {type(mem).__name__}")
-    return mem
-
-
 def _check_tracked(mem: GuestMemoryMmap, name: str) -> None:
     """Refuse, before any bit is taken, a memory whose bitmaps cannot drive a dirty round.
 
@@ -166,7 +160,7 @@ def layout(mem: GuestMemoryMmap) -> np.ndarray:
     >>> layout(mem).tolist()
     [[0, 8192, 0], [1048576, 4096, 8192]]
     """
-    _check_memory(mem, "mem")
+    guest_memory(mem, "mem")
     sizes = mem.ends - mem.starts
     offsets = np.cumsum(sizes, dtype=_U64) - sizes
     return np.stack([mem.starts, sizes, offsets], axis=1).astype(_U64).reshape(-1, 3)
@@ -409,8 +403,8 @@ def copy(
     invalid guest address 0x800: no memory region backs it
     the destination memory does not back 0x800
     """
-    _check_memory(src, "src")
-    _check_memory(dst, "dst")
+    guest_memory(src, "src")
+    guest_memory(dst, "dst")
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int, not {threads!r}")
     if ranges is not None:
@@ -487,8 +481,8 @@ def copy_dirty(
     >>> copy_dirty(src, dst).tolist(), dst.read_bytes(0x5000, 2), src.dirty_ranges().tolist()
     ([[20480, 4096]], b'hi', [])
     """
-    _check_memory(src, "src")
-    _check_memory(dst, "dst")
+    guest_memory(src, "src")
+    guest_memory(dst, "dst")
     _check_tracked(src, "src")
     tracker = Tracker(progress, "copy_dirty")
     try:
@@ -920,7 +914,7 @@ def save_diff(mem: GuestMemoryMmap, file: File, *, index: Any = True,
     >>> np.load(path + ".index").tolist()          # (guest_addr, length, file_offset)
     [[12288, 4096, 12288]]
     """
-    _check_memory(mem, "mem")
+    guest_memory(mem, "mem")
     _check_tracked(mem, "mem")
     lay = layout(mem)
     with _opened(file, write=True) as (fd, name):

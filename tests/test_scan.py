@@ -357,6 +357,20 @@ def test_empty_memory_finds_nothing():
     assert strings(mem)[1] == []
 
 
+def test_extreme_but_valid_arguments():
+    """Knobs and bounds far past the memory's size give the same answers as modest ones."""
+    with GuestMemoryMmap.from_ranges([(0, PAGE), (PAGE, PAGE)]) as mem:
+        mem.write(b"ab", PAGE - 1)
+        for chunk in (PAGE, 1 << 34, 1 << 62):  # no buffer sized by chunk alone
+            assert find(mem, b"ab", chunk=chunk).tolist() == [PAGE - 1]
+            assert find(mem, b"ab", chunk=chunk, limit=2**70).tolist() == [PAGE - 1]
+        for align in (2**63, 2**64 + 8):  # one candidate: no stride that long is taken
+            addrs, found = find_values(mem, [0], "u1", align=align)
+            assert addrs.tolist() == [0] and found.tolist() == [0]
+        for min_len in (2**63, 2**64):
+            assert strings(mem, min_len)[1] == []
+
+
 # -- errors ---------------------------------------------------------------------------------
 @pytest.fixture
 def small():
@@ -404,6 +418,25 @@ def test_bad_arguments_raise_typed_errors(small, call, error, match):
         call(small)
 
 
+@pytest.mark.parametrize(
+    "scan",
+    [
+        lambda m: find(m, b"x"),
+        lambda m: find_many(m, [b"x"]),
+        lambda m: find_values(m, [1], "u1"),
+        lambda m: find_regex(m, b"x"),
+        lambda m: strings(m),
+        lambda m: yara_scan(m, "rule r { condition: true }"),
+    ],
+)
+@pytest.mark.parametrize("mem", [None, b"bytes", np.zeros(8, np.uint8)])
+def test_scans_refuse_what_is_not_a_memory(scan, mem):
+    with pytest.raises(
+        TypeError, match=f"mem must be a GuestMemoryMmap or a dump, not {type(mem).__name__}"
+    ):
+        scan(mem)
+
+
 # -- yara -----------------------------------------------------------------------------------
 RULES = """
 rule magic { strings: $m = "MAGIC" condition: $m }
@@ -435,6 +468,16 @@ def test_yara_scan_reports_string_instances_at_guest_addresses():
             yara_scan(mem, 42)
         with pytest.raises(ValueError, match="max_len must be at least 1"):
             yara_scan(mem, RULES, max_len=0)
+
+
+@pytest.mark.skipif(not HAVE_YARA, reason="yara-python is not installed")
+def test_yara_scan_finds_more_instances_than_yara_keeps_per_match():
+    """yara keeps 1,000,000 instances of a string per match: a chunk past that is split."""
+    size = (1 << 20) + (1 << 16)  # ~1.1 million instances of four zero bytes
+    with GuestMemoryMmap.from_ranges([(0, size)]) as mem:
+        mem.write(b"\x01", 700_000)  # (instances on both sides of a split)
+        addrs, names = yara_scan(mem, "rule z { strings: $z = { 00 00 00 00 } condition: $z }")
+        assert np.array_equal(addrs, find(mem, bytes(4))) and set(names) == {"z"}
 
 
 def test_yara_scan_without_yara_python_names_the_package(small, monkeypatch):
