@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,17 @@ def _size(n: int) -> str:
 
 def _e(value: object) -> str:
     return html.escape(str(value))
+
+
+def _positive(value: Any, name: str) -> int:
+    """Return ``value`` as an int of at least 1, or raise naming ``name``."""
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be at least 1, got {n}")
+    return n
 
 
 # -- hexdumps -----------------------------------------------------------------------------
@@ -275,7 +287,7 @@ def memory_html(mem: GuestMemoryMmap, max_rows: int = 64) -> str:
     Raises
     ------
     TypeError
-        ``mem`` is not a guest memory.
+        ``mem`` is not a guest memory, or ``max_rows`` not an integer.
     ValueError
         ``max_rows`` is less than 1.
 
@@ -287,8 +299,7 @@ def memory_html(mem: GuestMemoryMmap, max_rows: int = 64) -> str:
     """
     if not isinstance(mem, GuestMemoryMmap):
         raise TypeError(f"mem must be a GuestMemoryMmap, got {type(mem).__name__}")
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    max_rows = _positive(max_rows, "max_rows")
     regions = list(mem.iter())
     total = sum(r.len() for r in regions)
     title = f"{type(mem).__name__}: {len(regions)} region{'s' if len(regions) != 1 else ''}"
@@ -390,7 +401,7 @@ def bitmap_html(bitmap: AtomicBitmap, cells: int = STRIP_CELLS) -> str:
     Raises
     ------
     TypeError
-        ``bitmap`` is not an :class:`~npguest.AtomicBitmap`.
+        ``bitmap`` is not an :class:`~npguest.AtomicBitmap`, or ``cells`` not an integer.
     ValueError
         ``cells`` is less than 1.
 
@@ -403,8 +414,7 @@ def bitmap_html(bitmap: AtomicBitmap, cells: int = STRIP_CELLS) -> str:
     """
     if not isinstance(bitmap, AtomicBitmap):
         raise TypeError(f"bitmap must be an AtomicBitmap, got {type(bitmap).__name__}")
-    if cells < 1:
-        raise ValueError(f"cells must be at least 1, got {cells}")
+    cells = _positive(cells, "cells")
     title = (
         f"AtomicBitmap: {bitmap.count()} / {bitmap.len()} pages dirty "
         f"({_size(bitmap.page_size())} pages, {_size(bitmap.byte_size())})"
@@ -576,9 +586,8 @@ def _image(
     return ax
 
 
-def _check_grid(width: int, max_cells: int) -> None:
-    if width < 1 or max_cells < 1:
-        raise ValueError(f"width and max_cells must be at least 1, got {width}, {max_cells}")
+def _check_grid(width: int, max_cells: int) -> tuple[int, int]:
+    return _positive(width, "width"), _positive(max_cells, "max_cells")
 
 
 def plot_page_strip(
@@ -620,14 +629,14 @@ def plot_page_strip(
     ImportError
         matplotlib is not installed.
     TypeError
-        ``mem`` is not a guest memory.
+        ``mem`` is not a guest memory, or ``width`` / ``max_cells`` not an integer.
     ValueError
         ``kind`` is neither, ``page_size`` is not a valid page size, or ``width`` or
         ``max_cells`` is less than 1.
     """
     if kind not in ("entropy", "zero"):
         raise ValueError(f'kind must be "entropy" or "zero", got {kind!r}')
-    _check_grid(width, max_cells)
+    width, max_cells = _check_grid(width, max_cells)
     if kind == "entropy":
         addrs, values = page_entropy(mem, page_size)
     else:
@@ -685,13 +694,14 @@ def plot_dirty_heatmap(
     ImportError
         matplotlib is not installed.
     TypeError
-        ``mem`` is not a guest memory, or a region's bitmap is not an AtomicBitmap.
+        ``mem`` is not a guest memory, a region's bitmap is not an AtomicBitmap, or
+        ``width`` / ``max_cells`` is not an integer.
     ValueError
         No region tracks dirty pages, or ``width`` or ``max_cells`` is less than 1.
     """
     if not isinstance(mem, GuestMemoryMmap):
         raise TypeError(f"mem must be a GuestMemoryMmap, got {type(mem).__name__}")
-    _check_grid(width, max_cells)
+    width, max_cells = _check_grid(width, max_cells)
     sizes = [b.page_size() for b in map(_bitmap_of, mem.iter()) if isinstance(b, AtomicBitmap)]
     if not sizes:
         raise ValueError("no region of mem tracks dirty pages (build it with bitmap=AtomicBitmap)")

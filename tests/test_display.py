@@ -186,8 +186,10 @@ def test_memory_html_is_bounded_and_handles_empty_and_dumps(tmp_path):
         assert "0x2000" in text_of(dump._repr_html_())
     with pytest.raises(TypeError, match="mem must be"):
         dp.memory_html(object())
-    with pytest.raises(ValueError, match="max_rows"):
+    with pytest.raises(ValueError, match="max_rows must be at least 1, got 0"):
         dp.memory_html(GuestMemoryMmap(), 0)
+    with pytest.raises(TypeError, match="max_rows must be an integer, got NoneType"):
+        dp.memory_html(GuestMemoryMmap(), None)
 
 
 def test_region_html_open_and_closed():
@@ -222,8 +224,10 @@ def test_bitmap_html_strip():
     assert "0 / 0 pages" in text_of(AtomicBitmap(0)._repr_html_())
     with pytest.raises(TypeError, match="bitmap must be"):
         dp.bitmap_html(small.slice_at(0))
-    with pytest.raises(ValueError, match="cells"):
+    with pytest.raises(ValueError, match="cells must be at least 1, got 0"):
         dp.bitmap_html(small, 0)
+    with pytest.raises(TypeError, match="cells must be an integer, got float"):
+        dp.bitmap_html(small, 1.5)
 
 
 def test_slice_html():
@@ -282,8 +286,10 @@ def test_plot_page_strip(tmp_path, tracked):
     assert dp.plot_page_strip(GuestMemoryMmap()).texts[0].get_text() == "no backed pages"
     with pytest.raises(ValueError, match="kind"):
         dp.plot_page_strip(tracked, "hash")
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(ValueError, match="width must be at least 1, got 0"):
         dp.plot_page_strip(tracked, width=0)
+    with pytest.raises(TypeError, match="width must be an integer, got float"):
+        dp.plot_page_strip(tracked, width=1.5)
     with pytest.raises(ValueError, match="page_size"):
         dp.plot_page_strip(tracked, page_size=3)
 
@@ -309,8 +315,10 @@ def test_plot_dirty_heatmap(tmp_path, tracked):
     untracked = GuestMemoryMmap.from_ranges([(0, PAGE)])
     with untracked, pytest.raises(ValueError, match="no region of mem tracks"):
         dp.plot_dirty_heatmap(untracked)
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(ValueError, match="max_cells must be at least 1, got 0"):
         dp.plot_dirty_heatmap(tracked, max_cells=0)
+    with pytest.raises(TypeError, match="max_cells must be an integer, got str"):
+        dp.plot_dirty_heatmap(tracked, max_cells="8")
     with pytest.raises(TypeError, match="mem must be"):
         dp.plot_dirty_heatmap(None)
 
