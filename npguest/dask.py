@@ -214,7 +214,8 @@ def scan_many(
     ImportError
         Dask is not installed (names the extra).
     TypeError
-        ``pattern`` is not bytes-like, a path is not a path, ``chunk`` is not an int.
+        ``pattern`` is not bytes-like, ``paths`` is one path (not an iterable of them), a
+        path is not a path, ``chunk`` is not an int.
     ValueError
         ``pattern`` is empty, ``chunk`` is not positive, ``paths`` repeats a path.
     MmapRegionError, DumpFormatError
@@ -223,6 +224,10 @@ def scan_many(
     dask = _dask()
     pattern = _pattern(pattern)
     chunk = _positive(chunk, "chunk")
+    if isinstance(paths, str | bytes | os.PathLike):
+        raise TypeError(
+            f"paths must be an iterable of paths, not one {type(paths).__name__}: put it in a list"
+        )
     paths = list(paths)
     keys = [_path(p) for p in paths]
     if len(set(keys)) != len(keys):
@@ -345,9 +350,10 @@ def to_dask_array(
 def _pattern(pattern: Any) -> bytes:
     if not isinstance(pattern, bytes | bytearray | memoryview):
         raise TypeError(f"pattern must be bytes, got {type(pattern).__name__}")
-    if not len(pattern):
+    data = bytes(pattern)  # (a memoryview's len counts its items, not its bytes)
+    if not data:
         raise ValueError("pattern is empty")
-    return bytes(pattern)
+    return data
 
 
 def _path(path: Any) -> str:

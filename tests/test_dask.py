@@ -11,6 +11,7 @@ import importlib.util
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,6 +265,12 @@ def test_bad_arguments_raise_before_any_task(dumps, tmp_path):
 
     with pytest.raises(ValueError, match="pattern is empty"):
         scan_many(dumps, b"")
+    with pytest.raises(ValueError, match="pattern is empty"):  # len() 2, but no byte
+        scan_many(dumps, memoryview(np.zeros((2, 0), dtype=np.uint8)))
+    with pytest.raises(TypeError, match="not one str: put it in a list"):
+        scan_many(str(dumps[0]), NEEDLE)
+    with pytest.raises(TypeError, match="not one PosixPath"):
+        scan_many(Path(dumps[0]), NEEDLE)
     with pytest.raises(TypeError, match="pattern must be bytes"):
         scan_many(dumps, "needle")
     with pytest.raises(ValueError, match="chunk must be positive"):
