@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -79,6 +80,14 @@ def _load(mem: Any, addrs: np.ndarray, size: int, dtype: Any, translate: Any):
     values, backed = mem.read_objs(np.where(valid, addrs, 0), dtype, holes="mask")
     valid &= backed
     return values.astype(np.uint64) * valid, valid
+
+
+def _integer(value: Any, name: str) -> int:
+    """Return ``value`` as an int, or raise a TypeError naming ``name``."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}") from None
 
 
 def _offsets(offsets: Any, name: str) -> np.ndarray:
@@ -203,7 +212,8 @@ def walk_lists(
     ValueError
         ``limit`` is below 1, or ``stop_at`` does not have one value per head.
     TypeError
-        ``translate`` is neither a callable nor has ``translate_many``.
+        ``translate`` is neither a callable nor has ``translate_many``, or ``next_offset``,
+        ``points_to`` or ``limit`` is not an integer.
     ByteValuedError
         ``dtype`` is not an unsigned integer type.
 
@@ -217,11 +227,13 @@ def walk_lists(
     >>> [hex(a) for a in walk.nodes], walk.stop.tolist()
     (['0x100', '0x200', '0x300'], [1])
     """
+    limit = _integer(limit, "limit")
     if limit < 1:
         raise ValueError(f"limit must be >= 1, not {limit}")
+    link = np.uint64(_integer(next_offset, "next_offset") % 2**64)
+    back = np.uint64(_integer(points_to, "points_to") % 2**64)
     c, translate = _pointer_codec(dtype), _translator(translate)
     start = address_array(heads).reshape(-1)
-    link, back = np.uint64(next_offset % 2**64), np.uint64(points_to % 2**64)
     if stop_at is None:
         stop_value = start + back
     else:

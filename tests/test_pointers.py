@@ -136,3 +136,11 @@ def test_bad_arguments():
         follow(mem, [0], [0.5])
     with pytest.raises(TypeError, match="translate"):
         follow(mem, [0], [0], translate=42)
+    for kwargs, name in [
+        ({"next_offset": 8.9}, "next_offset"),  # (not truncated to 8)
+        ({"points_to": "8"}, "points_to"),
+        ({"limit": None}, "limit"),
+        ({"limit": 2.5}, "limit"),
+    ]:
+        with pytest.raises(TypeError, match=f"{name} must be an integer, not"):
+            walk_lists(mem, [0], **kwargs)
