@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .address import address_array
+
 __all__ = ["columns", "to_pandas"]
 
 #: Sub-arrays with more elements than this stay one column (each cell a numpy array).
@@ -49,6 +51,11 @@ def columns(values: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
         :data:`MAX_SPLIT` elements as ``name[i]`` (``name[i,j]``...), larger ones as one
         object column of arrays; numbers in native byte order.
 
+    Raises
+    ------
+    ValueError
+        Two fields flatten to one name (a field ``"a.b"`` beside a field ``a`` holding ``b``).
+
     Examples
     --------
     >>> dt = np.dtype([("hdr", [("len", ">u2")]), ("regs", "<u8", (2,))])
@@ -62,16 +69,24 @@ def columns(values: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
         field, label = values[name], f"{prefix}{name}"
         shape = field.shape[1:]
         if not shape:
-            out.update(_named(field, label))
+            _add(out, _named(field, label))
         elif int(np.prod(shape)) <= MAX_SPLIT:
             for index in itertools.product(*(range(n) for n in shape)):
                 sub = f"{label}[{','.join(map(str, index))}]"
-                out.update(_named(field[(slice(None), *index)], sub))
+                _add(out, _named(field[(slice(None), *index)], sub))
         else:
             cells = np.empty(len(field), dtype=object)
             cells[:] = list(field.astype(field.dtype.newbyteorder("=")))
-            out[label] = cells
+            _add(out, {label: cells})
     return out
+
+
+def _add(out: dict[str, np.ndarray], more: dict[str, np.ndarray]) -> None:
+    """Add columns, refusing a name already taken (a field ``"a.b"`` beside ``a``'s ``b``)."""
+    for label, column in more.items():
+        if label in out:
+            raise ValueError(f"two fields flatten to the column {label!r}: rename one")
+        out[label] = column
 
 
 def _named(field: np.ndarray, label: str) -> dict[str, np.ndarray]:
@@ -110,17 +125,20 @@ def to_pandas(values: np.ndarray, addrs: Any = None, *, index_name: str = "addr"
     ImportError
         pandas is not installed.
     ValueError
-        ``addrs`` does not have one address per record.
+        ``addrs`` does not have one address per record, or two fields flatten to one
+        column name.
+    TypeError, GuestAddressOverflowError
+        An address is not an integer, or not a 64-bit unsigned value.
     """
     try:
         import pandas as pd
     except ImportError as exc:
         raise ImportError("to_pandas needs pandas: pip install 'npguest[pandas]'") from exc
     flat = np.asarray(values).reshape(-1)
-    index = None
+    index = pd.RangeIndex(len(flat))  # (also the length of a frame without columns)
     if addrs is not None:
-        index = np.asarray(addrs, dtype=np.uint64).reshape(-1)
-        if len(index) != len(flat):
-            raise ValueError(f"addrs has {len(index)} addresses for {len(flat)} records")
-        index = pd.Index(index, name=index_name)
+        where = address_array(addrs).reshape(-1)
+        if len(where) != len(flat):
+            raise ValueError(f"addrs has {len(where)} addresses for {len(flat)} records")
+        index = pd.Index(where, name=index_name)
     return pd.DataFrame(columns(flat), index=index)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from npguest import GuestMemoryMmap
+from npguest.errors import GuestAddressOverflowError
 from npguest.records import MAX_SPLIT, columns, to_pandas
 
 pd = pytest.importorskip("pandas")
@@ -53,6 +54,19 @@ def test_plain_arrays_and_errors(monkeypatch):
     assert list(columns(np.zeros(2, dtype="<u4"), "x")) == ["x"]
     with pytest.raises(ValueError, match="3 addresses for 2 records"):
         to_pandas(np.zeros(2, dtype=TASK), [1, 2, 3])
+    with pytest.raises(TypeError, match="must be integers"):
+        to_pandas(np.zeros(2, dtype=TASK), np.array([256.0, 512.5]))
+    with pytest.raises(GuestAddressOverflowError):
+        to_pandas(np.zeros(2, dtype=TASK), np.array([-1, 0x200]))
+    with pytest.raises(GuestAddressOverflowError):
+        to_pandas(np.zeros(2, dtype=TASK), [2**64, 0])
+    clash = np.zeros(1, dtype=[("hdr", [("len", "<u2")]), ("hdr.len", "<u2")])
+    with pytest.raises(ValueError, match=r"two fields flatten to the column 'hdr\.len'"):
+        to_pandas(clash)
+    with pytest.raises(ValueError, match=r"column 'x\[0\]'"):
+        columns(np.zeros(1, dtype=[("x", "<u1", (2,)), ("x[0]", "<u1")]))
+    empty = to_pandas(np.zeros(3, dtype=np.dtype([("a", "<u4", (0,))])))  # no column at all
+    assert empty.shape == (3, 0)
     monkeypatch.setitem(sys.modules, "pandas", None)
     with pytest.raises(ImportError, match=r"npguest\[pandas\]"):
         to_pandas(np.zeros(1, dtype=TASK))
