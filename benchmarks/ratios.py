@@ -170,8 +170,6 @@ def _value_rows():
            _verdict(speed.scan_many >= 1.6))  # fmt: skip
     yield ("7: scan_many, workers' profiler on / serial", f"{speed.profiled:.2f}x",
            "-", "-", "(none)", "info")  # fmt: skip
-    yield ("7: memory read, 2 processes / 1 (ceiling)", f"{speed.bandwidth:.2f}x",
-           "-", "-", "(none)", "info")  # fmt: skip
     loaded = _common.numba_modules_after_import("npguest")
     yield ("import npguest loads numba", f"{loaded} modules", "0 modules", "-", "== 0",
            _verdict(loaded == 0))  # fmt: skip

@@ -19,12 +19,13 @@ release the GIL, so threads scale too).
 
 A task reads its range once, at up to the memory bandwidth of one core (~27 GB/s on the
 machine the benchmarks ran on), so workers that share a machine gain only as much as its
-cores can read memory together (on that 2-vCPU VM, 1.1x to 2x of one core, from minute
+cores can read memory together (on that 2-vCPU VM, 1.05x to 2x of one core, from minute
 to minute); workers on separate machines add up.  A Dask worker also samples its
-threads' stacks every 10 ms for its profile (the dashboard's "Profile" page): in one
-measurement there (8 dumps of 512 MiB, 2 workers) ``scan_many`` ran 1.57x as fast as a
-serial loop with the profiler on and 1.69x with it off.  For throughput, turn it off
-before the cluster starts: ``dask.config.set({"distributed.worker.profile.enabled": False})``.
+threads' stacks every 10 ms for its profile (the dashboard's "Profile" page), which cost
+a few percent there: 8 dumps of 1 GiB on 2 workers ran a median 1.76x as fast as a
+serial loop with the profiler off and 1.71x with it on (8 runs of each).  For
+throughput, turn it off before the cluster starts:
+``dask.config.set({"distributed.worker.profile.enabled": False})``.
 
 Examples
 --------
