@@ -447,17 +447,9 @@ class _Reader:
         self.offset = 0
 
     def exact(self, n: int, what: str) -> bytes:
+        """Read exactly ``n`` bytes of the stream."""
         buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            k = read_into(self.source, view[got:], self.offset + got)
-            if not k:
-                raise StreamError(
-                    f"the stream ended in the {what} ({got} of {n} bytes)", self.offset + got
-                )
-            got += k
-        self.offset += n
+        self.into(memoryview(buf), what)
         return bytes(buf)
 
     def into(self, view: memoryview, what: str) -> None:
