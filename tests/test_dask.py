@@ -260,9 +260,14 @@ def test_to_dask_array_refuses_what_it_cannot_reopen(tmp_path):
 
 # -- errors and the optional import ---------------------------------------------------------
 @needs_dask
-def test_bad_arguments_raise_before_any_task(dumps, tmp_path):
+def test_bad_arguments_raise_before_any_task(dumps, tmp_path, monkeypatch):
+    import npguest.dask
     from npguest.dask import scan_many
 
+    def no_task(*args):
+        raise AssertionError(f"a task ran: {args}")
+
+    monkeypatch.setattr(npguest.dask, "_scan_piece", no_task)
     with pytest.raises(ValueError, match="pattern is empty"):
         scan_many(dumps, b"")
     with pytest.raises(ValueError, match="pattern is empty"):  # len() 2, but no byte
