@@ -1788,24 +1788,14 @@ class KdumpMemory(_KdumpBytes, DumpMemory):
         tuple of (int, numpy.ndarray)
             Guest address and ``uint8`` bytes of each piece.
         """
+        store = self._store
         for r in self.iter():
             for off in range(0, r._len, chunk):
                 buf = np.zeros(min(chunk, r._len - off), dtype=np.uint8)
-                self._read_filled(memoryview(buf), r._start + off)
+                for s, e in r._backed_spans(off, buf.shape[0]):  # excluded pages stay zero
+                    store.read_into(memoryview(buf)[s - off : e - off], r._start + s, e - s)
                 buf.flags.writeable = False
                 yield r._start + off, buf
-
-    def _read_filled(self, dst: memoryview, gpa: int) -> None:
-        """Fill ``dst`` from ``gpa`` (inside one region), leaving excluded pages' bytes alone."""
-        pos, n = 0, len(dst)
-        store = self._store
-        while pos < n:
-            run = store.valid_bytes(gpa + pos, n - pos)
-            if run:
-                store.read_into(dst[pos : pos + run], gpa + pos, run)
-                pos += run
-            else:  # skip the excluded page
-                pos = min(n, ((((gpa + pos) >> store.shift) + 1) << store.shift) - gpa)
 
 
 class KdumpSliceIterator(GuestMemorySliceIterator):
